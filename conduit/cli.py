@@ -1,0 +1,113 @@
+"""python3 -m conduit: the datastore, compute, demo and bench commands.
+
+Each command imports `flux` only when it runs, so `--help` works anywhere
+and a Python that cannot import flux gets one clear line instead of a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def ranks(text: str) -> list[int]:
+    try:
+        return [int(r) for r in text.split(",") if r != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ranks like 0,1,2, not {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 -m conduit",
+        description="Stream JSON packets from Flux compute jobs to a datastore job.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ds = sub.add_parser("datastore", help="run as a Flux job: load the module, keep the store")
+    ds.add_argument(
+        "--packets",
+        type=int,
+        default=5,
+        metavar="N",
+        help="finish after N compute packets are stored (0: run until cancelled; default 5)",
+    )
+    ds.add_argument(
+        "--fresh", action="store_true", help="discard an unfinished store instead of resuming it"
+    )
+    ds.add_argument("--quiet", action="store_true", help="do not print the store after each packet")
+    ds.add_argument(
+        "--module",
+        metavar="PATH",
+        help="conduit.so to load (default: $CONDUIT_MODULE, module/conduit.so, "
+        "then the broker's module path)",
+    )
+    ds.add_argument(
+        "--module-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="argument for the module: max-data=BYTES or backlog=PUTS (repeatable)",
+    )
+
+    co = sub.add_parser(
+        "compute", help="run as a Flux job: put one packet, wait for it to be stored, sleep"
+    )
+    co.add_argument("seconds", type=float, help="seconds to sleep after the packet is stored")
+    co.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="give up if no datastore stores the packet within this many seconds (default 30)",
+    )
+
+    de = sub.add_parser(
+        "demo", help="inside an instance: a datastore, N computes, the attach stream"
+    )
+    de.add_argument(
+        "--computes", type=int, default=5, metavar="N", help="number of computes (default 5)"
+    )
+    de.add_argument(
+        "--datastore-rank", type=int, metavar="RANK", help="run the datastore on this rank"
+    )
+    de.add_argument(
+        "--compute-ranks",
+        type=ranks,
+        metavar="R,R,...",
+        help="spread the computes over these ranks (default: all ranks)",
+    )
+    de.add_argument(
+        "--sleep", type=float, default=1.0, help="seconds each compute sleeps (default 1)"
+    )
+    de.add_argument(
+        "--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        import flux  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"conduit {args.command}: this Python ({sys.executable}) cannot import flux ({exc}); "
+            "run it with `flux python -m conduit ...`, or install flux-python==0.88.0",
+            file=sys.stderr,
+        )
+        return 2
+    if args.command == "datastore":
+        from conduit import datastore
+
+        return datastore.main(args.packets, args.fresh, args.quiet, args.module, args.module_arg)
+    if args.command == "compute":
+        from conduit import compute
+
+        return compute.main(args.seconds, args.timeout)
+    from conduit import demo
+
+    return demo.run(
+        args.computes, args.datastore_rank, args.compute_ranks, args.sleep, args.timeout
+    )

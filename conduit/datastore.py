@@ -1,0 +1,260 @@
+"""The datastore job: receives packets through the conduit and keeps the store.
+
+Packets arrive in batches on the conduit.attach stream.  Each batch is
+appended to the KVS log (conduit.store) in one commit, with at most one
+commit in flight; only after a commit lands does the datastore apply the
+packets to the store, print it, and acknowledge them to the module, which
+then answers the computes' puts.  So every acknowledged packet is in the
+KVS, and a datastore that crashed is resumed by the next one from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import flux
+import flux.constants
+import flux.job
+import flux.kvs
+from flux.core.inner import ffi
+
+from conduit import broker_module, output
+from conduit.protocol import (
+    ACK,
+    ATTACH,
+    KVS_LOCATION,
+    KVS_NAMESPACE,
+    KVS_STORE,
+    TEST_PACKET,
+)
+from conduit.store import Record, Store, decode_records, encode_records, record_of
+
+
+@dataclass
+class Commit:
+    """Packets stored together in one KVS commit, acknowledged together."""
+
+    upto: int = -1  # highest packet id covered
+    records: list[Record] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    # what to show once stored: None for the test packet, else a record
+    shown: list[Record | None] = field(default_factory=list)
+
+
+class Datastore:
+    def __init__(
+        self,
+        h: flux.Flux,
+        packets: int,
+        fresh: bool = False,
+        quiet: bool = False,
+        module: str | None = None,
+        module_args: list[str] | None = None,
+    ) -> None:
+        self.h = h
+        self.packets = packets
+        self.fresh = fresh
+        self.quiet = quiet
+        self.module_path = broker_module.locate(module)
+        self.module_args = module_args or []
+        self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
+        self.rank = h.get_rank()
+        self.store = Store()
+        self.next_commit = Commit()
+        self.in_flight: Commit | None = None
+        self.attach: Any = None
+        self.exit_code = 0
+        self.done = False
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+
+    def run(self) -> int:
+        self.say(output.STARTING)
+        self.resume_or_reset()
+        broker_module.load(self.h, self.module_path, self.module_args)
+        self.say(output.LOADED)
+        self.attach = self.h.rpc(
+            ATTACH, {"jobid": self.jobid}, flags=flux.constants.FLUX_RPC_STREAMING
+        ).then(self.on_batch)
+        self.publish_location()
+        self.say(output.INITIALIZED)
+        self.say(output.RUNNING)
+        if not self.quiet:
+            self.say(output.WAITING)
+        watchers = [
+            self.h.signal_watcher_create(signum, self.on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        ]
+        for watcher in watchers:
+            watcher.start()
+        try:
+            self.h.reactor_run()
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+        if self.done:
+            self.finish()
+        else:
+            broker_module.remove(self.h)
+        return self.exit_code
+
+    def resume_or_reset(self) -> None:
+        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
+        if self.fresh:
+            txn.unlink(KVS_STORE)
+            txn.commit()
+            return
+        blob = kvs_get_raw(self.h, KVS_STORE)
+        if blob:
+            self.store = Store.from_records(decode_records(blob))
+            self.say(
+                f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
+                f"unfinished datastore (KVS {KVS_STORE}); --fresh starts empty"
+            )
+            if not self.quiet:
+                self.say(self.store.render())
+
+    def publish_location(self) -> None:
+        location = {"rank": self.rank, "jobid": self.jobid, "host": socket.gethostname()}
+        with flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE) as txn:
+            txn.put(KVS_LOCATION, location)
+
+    # Packets in: each batch joins the next commit.
+    def on_batch(self, f: Any) -> None:
+        try:
+            batch = f.get()
+        except OSError as exc:
+            self.fail(f"the conduit closed the packet stream: {exc.strerror}")
+            return
+        f.reset()
+        pending = self.next_commit
+        for packet in batch["packets"]:
+            pending.upto = packet["id"]
+            if packet["id"] == 0:
+                pending.shown.append(None)
+            elif self.store.claim(packet):
+                record = record_of(packet)
+                pending.records.append(record)
+                pending.shown.append(record)
+            else:
+                pending.duplicates.append(packet["id"])
+                print(
+                    f"duplicate ignored: {packet['producer']} #{packet['seq']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        self.start_commit()
+
+    def start_commit(self) -> None:
+        if self.in_flight or self.next_commit.upto < 0 or self.done:
+            return
+        commit, self.next_commit = self.next_commit, Commit()
+        self.in_flight = commit
+        if not commit.records:
+            self.stored(commit)
+            return
+        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
+        blob = encode_records(commit.records)
+        flux.kvs.RAW.flux_kvs_txn_put_raw(
+            txn.txn, flux.constants.FLUX_KVS_APPEND, KVS_STORE, blob, len(blob)
+        )
+        txn.commit_async().then(self.on_committed, commit)
+
+    def on_committed(self, f: Any, commit: Commit) -> None:
+        try:
+            f.get()
+        except OSError as exc:
+            self.fail(f"cannot store packets in the KVS: {exc.strerror}")
+            return
+        self.stored(commit)
+
+    # Packets stored: show, acknowledge, and go on or finish.
+    def stored(self, commit: Commit) -> None:
+        for record in commit.shown:
+            if record is None:
+                self.store.data.update(TEST_PACKET)
+            else:
+                self.store.apply(record)
+            if not self.quiet:
+                self.say(self.store.render())
+                if not self.reached_target():
+                    self.say(output.WAITING)
+        self.h.rpc(
+            ACK,
+            {"upto": commit.upto, "duplicates": commit.duplicates},
+            flags=flux.constants.FLUX_RPC_NORESPONSE,
+        )
+        self.in_flight = None
+        if self.reached_target():
+            self.done = True
+            self.h.reactor_stop()
+            return
+        self.start_commit()
+
+    def reached_target(self) -> bool:
+        return 0 < self.packets <= self.store.count
+
+    def finish(self) -> None:
+        self.say(output.BYE)
+        broker_module.remove(self.h)
+        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
+        txn.unlink(KVS_STORE)
+        if self.location_is_mine():
+            txn.unlink(KVS_LOCATION)
+        txn.commit()
+        if self.quiet:
+            self.say(json.dumps({"stored": self.store.count}))
+        self.say(output.FINISHED)
+
+    def location_is_mine(self) -> bool:
+        try:
+            return (
+                flux.kvs.get(self.h, KVS_LOCATION, namespace=KVS_NAMESPACE).get("jobid")
+                == self.jobid
+            )
+        except FileNotFoundError:
+            return False
+
+    def fail(self, message: str) -> None:
+        print(f"conduit datastore: {message}", file=sys.stderr, flush=True)
+        self.exit_code = 1
+        self.h.reactor_stop()
+
+    def on_signal(self, h: flux.Flux, watcher: Any, signum: int, *_: Any) -> None:
+        self.say(
+            f"Stopped by signal {signum}: {self.store.count} packets stay in KVS "
+            f"{KVS_STORE} for the next datastore"
+        )
+        self.exit_code = 128 + signum
+        h.reactor_stop()
+
+
+def kvs_get_raw(h: flux.Flux, key: str) -> bytes | None:
+    """A KVS value as bytes, or None if there is no such key."""
+    future = flux.kvs.RAW.flux_kvs_lookup(h, KVS_NAMESPACE, 0, key)
+    data = ffi.new("const void *[1]")
+    size = ffi.new("size_t [1]")
+    try:
+        flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
+        return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
+    except FileNotFoundError:
+        return None
+    finally:
+        flux.kvs.RAW.flux_future_destroy(future)
+
+
+def main(packets: int, fresh: bool, quiet: bool, module: str | None, module_args: list[str]) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    h = flux.Flux()
+    try:
+        return Datastore(h, packets, fresh, quiet, module, module_args).run()
+    except broker_module.ModuleError as exc:
+        print(f"conduit datastore: {exc}", file=sys.stderr, flush=True)
+        return 1

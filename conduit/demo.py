@@ -1,0 +1,129 @@
+"""The data-conduit scenario: a datastore, N computes, the attach stream.
+
+Submits the datastore, waits until it is ready, submits the computes
+spread over the instance's ranks, streams `flux job attach` of the
+datastore to stdout, and succeeds only if every compute's packet is in
+the final store.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import flux
+import flux.job
+
+from conduit import output
+
+
+def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None) -> flux.job.JobID:
+    """Submit `python3 -m conduit ARGV...` with this environment, on `rank`."""
+    spec = flux.job.JobspecV1.from_command(
+        [sys.executable, "-m", "conduit", *argv],
+        num_tasks=1,
+        num_nodes=1,
+        environment=dict(os.environ),
+        cwd=os.getcwd(),
+        name=name,
+        unbuffered=True,
+    )
+    if rank is not None:
+        spec.setattr("system.constraints", {"ranks": [str(rank)]})
+    return flux.job.JobID(flux.job.submit(h, spec))
+
+
+def attach_lines(jobid: flux.job.JobID, deadline: float) -> Iterator[str]:
+    """Lines of `flux job attach JOBID` (stdout), until it ends or time is up."""
+    proc = subprocess.Popen(
+        ["flux", "job", "attach", str(jobid)], stdout=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise TimeoutError from None
+            if line is None:
+                proc.wait()
+                return
+            yield line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def compute_ranks(size: int, count: int, ranks: Sequence[int] | None) -> list[int]:
+    """Spread `count` computes round-robin over `ranks` (default: all ranks)."""
+    pool = list(ranks) if ranks else list(range(size))
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+def run(
+    computes: int,
+    datastore_rank: int | None,
+    ranks: Sequence[int] | None,
+    sleep: float,
+    timeout: float,
+) -> int:
+    h = flux.Flux()
+    size = int(h.attr_get("size"))
+    deadline = time.monotonic() + timeout
+    datastore = submit(
+        h, ["datastore", "--packets", str(computes), "--fresh"], "datastore", datastore_rank
+    )
+    print(f"# datastore job {datastore.f58}", file=sys.stderr, flush=True)
+    submitted: list[flux.job.JobID] = []
+    text: list[str] = []
+    try:
+        for line in attach_lines(datastore, deadline):
+            print(line, flush=True)
+            text.append(line)
+            if line == output.INITIALIZED:
+                for rank in compute_ranks(size, computes, ranks):
+                    submitted.append(submit(h, ["compute", str(sleep)], "compute", rank))
+                print(
+                    f"# {computes} computes: {' '.join(j.f58 for j in submitted)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except TimeoutError:
+        print(f"demo: no result within {timeout:g}s; cancelling", file=sys.stderr)
+        for jobid in [datastore, *submitted]:
+            flux.job.cancel(h, jobid, "conduit demo timed out")
+        return 1
+    return verify(h, output.parse("\n".join(text)), submitted, computes)
+
+
+def verify(
+    h: flux.Flux, result: output.DatastoreOutput, computes: list[flux.job.JobID], want: int
+) -> int:
+    keys = list(result.final_store)
+    missing = [j for j in computes if not any(k.endswith(f"-{j.f58plain}") for k in keys)]
+    failed = [j for j in computes if flux.job.result(h, j).returncode != 0]
+    ok = len(computes) == want and result.finished and not missing and not failed
+    stored = len(computes) - len(missing)
+    summary = f"demo: {stored} of {want} compute packets in the final store"
+    if not result.finished:
+        summary += "; the datastore did not finish"
+    if missing:
+        summary += f"; missing: {' '.join(j.f58 for j in missing)}"
+    if failed:
+        summary += f"; failed computes: {' '.join(j.f58 for j in failed)}"
+    print(summary, file=sys.stdout if ok else sys.stderr, flush=True)
+    return 0 if ok else 1

@@ -1,0 +1,616 @@
+/* conduit.c - broker module carrying JSON packets from compute jobs
+ * to the one datastore job attached to it
+ *
+ * A datastore job loads this module on its own broker rank and holds a
+ * streaming conduit.attach request.  Compute jobs send conduit.put with
+ * payload {"data":"<a JSON object, as a string>"}; the module validates
+ * the packet and forwards it to the datastore in a batch, as a response
+ * on the attach stream.  The datastore stores the batch and answers with
+ * conduit.ack; only then does the module respond to the puts, so an
+ * acknowledged put is a stored packet.
+ *
+ * Batching: at most BATCH_WINDOW batches are outstanding to the
+ * datastore.  Puts arriving meanwhile queue and leave together in the
+ * next batch, so batches grow with load while an idle conduit forwards
+ * each packet at once.  Nothing here blocks the broker: a slow datastore
+ * only makes the queue longer, up to 'backlog' held puts, after which
+ * puts fail with EAGAIN.
+ *
+ * Lifetime: the module serves one datastore.  When that datastore
+ * disconnects (it exited, was cancelled or was killed), held puts fail
+ * with ECONNRESET and the module exits, so the broker unloads it and
+ * nothing is left in the way of the next datastore.
+ *
+ * Only the instance owner may use the conduit (the handlers' default).
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <flux/core.h>
+#include <jansson.h>
+
+#define BATCH_WINDOW 2
+
+static const size_t default_max_data = 65536;
+static const size_t default_backlog = 65536;
+
+/* A put waiting for the datastore's acknowledgement.
+ */
+struct held_put {
+    json_int_t id;
+    const flux_msg_t *msg;
+    struct held_put *next;
+};
+
+struct conduit {
+    flux_t *h;
+    uint32_t rank;
+    flux_msg_handler_t **handlers;
+    size_t max_data;            // largest accepted "data" string, in bytes
+    size_t backlog;             // most puts held at once
+    const flux_msg_t *attach;   // the datastore's streaming request, or NULL
+    json_int_t datastore_jobid; // as the datastore declared it (0: not a job)
+    json_int_t next_id;         // id of the next put
+    json_t *outbox;             // packets not yet sent to the datastore
+    struct held_put *head;      // held puts, in id order
+    struct held_put *tail;
+    size_t held;
+    json_int_t batch_last[BATCH_WINDOW]; // last id of each unacked batch
+    int batches;
+    json_int_t sent_upto;       // highest id sent to the datastore
+    json_int_t received;
+    json_int_t stored;
+    json_int_t duplicates;
+    json_int_t rejected;
+};
+
+static bool same_sender (const flux_msg_t *a, const flux_msg_t *b)
+{
+    const char *sa = flux_msg_route_first (a);
+    const char *sb = flux_msg_route_first (b);
+
+    return sa && sb && strcmp (sa, sb) == 0;
+}
+
+/* Send everything queued as one batch, if the window allows it.
+ */
+static void outbox_flush (struct conduit *ctx)
+{
+    size_t n = json_array_size (ctx->outbox);
+    json_t *batch;
+
+    if (!ctx->attach || n == 0 || ctx->batches >= BATCH_WINDOW)
+        return;
+    batch = ctx->outbox;
+    if (!(ctx->outbox = json_array ())) {
+        flux_log_error (ctx->h, "cannot allocate outbox");
+        ctx->outbox = batch;
+        return;
+    }
+    json_int_t last;
+    if (json_unpack (json_array_get (batch, n - 1), "{s:I}", "id", &last) < 0
+        || flux_respond_pack (ctx->h, ctx->attach, "{s:O}", "packets", batch)
+               < 0) {
+        flux_log_error (ctx->h, "error sending a batch to the datastore");
+        json_array_extend (ctx->outbox, batch); // keep them for the next try
+        json_decref (batch);
+        return;
+    }
+    ctx->batch_last[ctx->batches++] = last;
+    ctx->sent_upto = last;
+    json_decref (batch);
+}
+
+static int outbox_append (struct conduit *ctx, json_t *packet)
+{
+    if (json_array_append_new (ctx->outbox, packet) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    outbox_flush (ctx);
+    return 0;
+}
+
+static void respond_put (struct conduit *ctx,
+                         const flux_msg_t *msg,
+                         json_int_t id,
+                         bool duplicate)
+{
+    if (flux_respond_pack (ctx->h,
+                           msg,
+                           "{s:I s:b}",
+                           "id", id,
+                           "duplicate", duplicate) < 0)
+        flux_log_error (ctx->h, "error responding to conduit.put");
+}
+
+static void respond_error (struct conduit *ctx,
+                           const flux_msg_t *msg,
+                           int errnum,
+                           const char *errstr,
+                           const char *topic)
+{
+    if (flux_respond_error (ctx->h, msg, errnum, errstr) < 0)
+        flux_log_error (ctx->h, "error responding to %s", topic);
+}
+
+/* Fail every held put and forget the queue: the datastore is gone.
+ */
+static void held_fail_all (struct conduit *ctx, const char *errstr)
+{
+    while (ctx->head) {
+        struct held_put *p = ctx->head;
+        ctx->head = p->next;
+        respond_error (ctx, p->msg, ECONNRESET, errstr, "conduit.put");
+        flux_msg_decref (p->msg);
+        free (p);
+    }
+    ctx->tail = NULL;
+    ctx->held = 0;
+    ctx->batches = 0;
+    json_array_clear (ctx->outbox);
+}
+
+static void datastore_detach (struct conduit *ctx, const char *why)
+{
+    if (!ctx->attach)
+        return;
+    flux_log (ctx->h,
+              LOG_INFO,
+              "datastore %" JSON_INTEGER_FORMAT " detached (%s)",
+              ctx->datastore_jobid,
+              why);
+    held_fail_all (ctx,
+                   "conduit: the datastore detached before storing this "
+                   "packet; retry when a datastore is running");
+    flux_msg_decref (ctx->attach);
+    ctx->attach = NULL;
+}
+
+static const char *json_type_name (const json_t *o)
+{
+    switch (json_typeof (o)) {
+        case JSON_ARRAY:
+            return "an array";
+        case JSON_STRING:
+            return "a string";
+        case JSON_INTEGER:
+        case JSON_REAL:
+            return "a number";
+        case JSON_TRUE:
+        case JSON_FALSE:
+            return "a boolean";
+        case JSON_NULL:
+            return "null";
+        default:
+            return "an object";
+    }
+}
+
+/* Check a put's payload.  On success, *packet is the packet to forward.
+ * On failure, errstr names what is wrong and errno is set.
+ */
+static int put_decode (struct conduit *ctx,
+                       const flux_msg_t *msg,
+                       json_t **packet,
+                       char *errstr,
+                       size_t errlen)
+{
+    json_t *data = NULL;
+    const char *producer = NULL;
+    json_int_t seq = 0;
+    json_t *obj;
+    json_error_t jerror;
+    size_t len;
+
+    if (flux_request_unpack (msg,
+                             NULL,
+                             "{s?o s?s s?I}",
+                             "data", &data,
+                             "producer", &producer,
+                             "seq", &seq) < 0) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: the payload must be a JSON object with "
+                  "\"data\" (string), optional \"producer\" (string) and "
+                  "\"seq\" (integer)");
+        goto inval;
+    }
+    if (!data) {
+        snprintf (errstr, errlen, "conduit.put: the payload lacks \"data\"");
+        goto inval;
+    }
+    if (!json_is_string (data)) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: \"data\" must be a string holding a JSON "
+                  "object, not %s",
+                  json_type_name (data));
+        goto inval;
+    }
+    len = json_string_length (data);
+    if (len > ctx->max_data) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: \"data\" is %zu bytes, over the limit of "
+                  "%zu bytes",
+                  len,
+                  ctx->max_data);
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if ((producer != NULL) != (seq != 0)
+        || seq < 0
+        || (producer && (*producer == '\0' || strlen (producer) > 256))) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: \"producer\" (1 to 256 characters) and "
+                  "\"seq\" (an integer from 1) go together");
+        goto inval;
+    }
+    if (!(obj = json_loadb (json_string_value (data),
+                            len,
+                            JSON_DECODE_ANY,
+                            &jerror))) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: \"data\" is not valid JSON: %s "
+                  "(at character %d)",
+                  jerror.text,
+                  jerror.position);
+        goto inval;
+    }
+    if (!json_is_object (obj)) {
+        snprintf (errstr,
+                  errlen,
+                  "conduit.put: \"data\" must hold a JSON object, not %s",
+                  json_type_name (obj));
+        json_decref (obj);
+        goto inval;
+    }
+    if (!(*packet = json_pack ("{s:I s:o}", "id", ctx->next_id, "data", obj))
+        || (producer
+            && json_object_set_new (*packet,
+                                    "producer",
+                                    json_string (producer)) < 0)
+        || (producer
+            && json_object_set_new (*packet,
+                                    "seq",
+                                    json_integer (seq)) < 0)) {
+        json_decref (*packet);
+        snprintf (errstr, errlen, "conduit.put: out of memory");
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+inval:
+    errno = EPROTO;
+    return -1;
+}
+
+static void put_cb (flux_t *h,
+                    flux_msg_handler_t *mh,
+                    const flux_msg_t *msg,
+                    void *arg)
+{
+    struct conduit *ctx = arg;
+    char errstr[256];
+    json_t *packet;
+    struct held_put *p;
+
+    if (put_decode (ctx, msg, &packet, errstr, sizeof (errstr)) < 0)
+        goto error;
+    if (!ctx->attach) {
+        json_decref (packet);
+        snprintf (errstr,
+                  sizeof (errstr),
+                  "conduit: no datastore is attached on rank %u",
+                  (unsigned int)ctx->rank);
+        errno = ENOTCONN;
+        goto error;
+    }
+    if (ctx->held >= ctx->backlog) {
+        json_decref (packet);
+        snprintf (errstr,
+                  sizeof (errstr),
+                  "conduit: %zu packets are already waiting for the "
+                  "datastore (backlog); retry later",
+                  ctx->held);
+        errno = EAGAIN;
+        goto error;
+    }
+    if (!(p = calloc (1, sizeof (*p)))) {
+        json_decref (packet);
+        snprintf (errstr, sizeof (errstr), "conduit: out of memory");
+        errno = ENOMEM;
+        goto error;
+    }
+    p->id = ctx->next_id++;
+    p->msg = flux_msg_incref (msg);
+    if (ctx->tail)
+        ctx->tail->next = p;
+    else
+        ctx->head = p;
+    ctx->tail = p;
+    ctx->held++;
+    ctx->received++;
+    if (outbox_append (ctx, packet) < 0)
+        flux_log_error (h, "error queueing packet %" JSON_INTEGER_FORMAT,
+                        p->id);
+    return;
+error:
+    ctx->rejected++;
+    respond_error (ctx, msg, errno, errstr, "conduit.put");
+}
+
+/* The datastore opens the stream that packets travel on.
+ * The first packet is the module's own {"test": 101}, with id 0.
+ */
+static void attach_cb (flux_t *h,
+                       flux_msg_handler_t *mh,
+                       const flux_msg_t *msg,
+                       void *arg)
+{
+    struct conduit *ctx = arg;
+    json_int_t jobid = 0;
+    char errstr[256];
+    json_t *test;
+
+    if (flux_request_unpack (msg, NULL, "{s?I}", "jobid", &jobid) < 0) {
+        snprintf (errstr, sizeof (errstr), "conduit.attach: bad payload");
+        goto error;
+    }
+    if (!flux_msg_is_streaming (msg)) {
+        snprintf (errstr,
+                  sizeof (errstr),
+                  "conduit.attach must be a streaming request");
+        errno = EPROTO;
+        goto error;
+    }
+    if (ctx->attach) {
+        snprintf (errstr,
+                  sizeof (errstr),
+                  "conduit: rank %u already serves datastore %"
+                  JSON_INTEGER_FORMAT,
+                  (unsigned int)ctx->rank,
+                  ctx->datastore_jobid);
+        errno = EBUSY;
+        goto error;
+    }
+    ctx->attach = flux_msg_incref (msg);
+    ctx->datastore_jobid = jobid;
+    flux_log (h,
+              LOG_INFO,
+              "datastore %" JSON_INTEGER_FORMAT " attached",
+              jobid);
+    if (!(test = json_pack ("{s:I s:{s:i}}", "id", 0, "data", "test", 101))
+        || outbox_append (ctx, test) < 0)
+        flux_log_error (h, "error queueing the test packet");
+    return;
+error:
+    respond_error (ctx, msg, errno, errstr, "conduit.attach");
+}
+
+/* The datastore stored every packet up to 'upto'; 'duplicates' lists
+ * those it already had.  Both are in id order.
+ */
+static void ack_cb (flux_t *h,
+                    flux_msg_handler_t *mh,
+                    const flux_msg_t *msg,
+                    void *arg)
+{
+    struct conduit *ctx = arg;
+    json_int_t upto;
+    json_t *dups = NULL;
+    size_t d = 0;
+    const char *errstr = NULL;
+
+    if (flux_request_unpack (msg,
+                             NULL,
+                             "{s:I s?o}",
+                             "upto", &upto,
+                             "duplicates", &dups) < 0)
+        goto error;
+    if (!ctx->attach || !same_sender (msg, ctx->attach)) {
+        errstr = "conduit.ack: only the attached datastore may acknowledge";
+        errno = EPERM;
+        goto error;
+    }
+    if (upto > ctx->sent_upto) {
+        errstr = "conduit.ack: acknowledges packets never sent";
+        errno = EPROTO;
+        goto error;
+    }
+    if (dups && !json_is_array (dups)) {
+        errstr = "conduit.ack: \"duplicates\" must be an array of ids";
+        errno = EPROTO;
+        goto error;
+    }
+    while (ctx->head && ctx->head->id <= upto) {
+        struct held_put *p = ctx->head;
+        json_int_t dup_id = -1;
+
+        while (d < json_array_size (dups)
+               && (dup_id = json_integer_value (json_array_get (dups, d)))
+                      < p->id)
+            d++;
+        respond_put (ctx, p->msg, p->id, dup_id == p->id);
+        if (dup_id == p->id)
+            ctx->duplicates++;
+        else
+            ctx->stored++;
+        ctx->head = p->next;
+        flux_msg_decref (p->msg);
+        free (p);
+        ctx->held--;
+    }
+    if (!ctx->head)
+        ctx->tail = NULL;
+    while (ctx->batches > 0 && ctx->batch_last[0] <= upto) {
+        memmove (ctx->batch_last,
+                 ctx->batch_last + 1,
+                 sizeof (ctx->batch_last[0]) * --ctx->batches);
+    }
+    outbox_flush (ctx);
+    if (flux_respond (h, msg, NULL) < 0)
+        flux_log_error (h, "error responding to conduit.ack");
+    return;
+error:
+    respond_error (ctx, msg, errno, errstr, "conduit.ack");
+}
+
+static void stats_cb (flux_t *h,
+                      flux_msg_handler_t *mh,
+                      const flux_msg_t *msg,
+                      void *arg)
+{
+    struct conduit *ctx = arg;
+
+    if (flux_respond_pack (h,
+                           msg,
+                           "{s:i s:b s:I s:I s:I s:I s:I s:I s:I s:I}",
+                           "rank", (int)ctx->rank,
+                           "attached", ctx->attach ? 1 : 0,
+                           "datastore", ctx->datastore_jobid,
+                           "held", (json_int_t)ctx->held,
+                           "queued", (json_int_t)json_array_size (ctx->outbox),
+                           "received", ctx->received,
+                           "stored", ctx->stored,
+                           "duplicates", ctx->duplicates,
+                           "rejected", ctx->rejected,
+                           "max_data", (json_int_t)ctx->max_data) < 0)
+        flux_log_error (h, "error responding to conduit.stats");
+}
+
+/* A client went away.  If it was the datastore, the conduit closes.
+ */
+static void disconnect_cb (flux_t *h,
+                           flux_msg_handler_t *mh,
+                           const flux_msg_t *msg,
+                           void *arg)
+{
+    struct conduit *ctx = arg;
+
+    if (ctx->attach && flux_disconnect_match (msg, ctx->attach)) {
+        datastore_detach (ctx, "disconnected");
+        flux_reactor_stop (flux_get_reactor (h));
+    }
+}
+
+static const struct flux_msg_handler_spec htab[] = {
+    { FLUX_MSGTYPE_REQUEST, "conduit.put", put_cb, 0 },
+    { FLUX_MSGTYPE_REQUEST, "conduit.attach", attach_cb, 0 },
+    { FLUX_MSGTYPE_REQUEST, "conduit.ack", ack_cb, 0 },
+    { FLUX_MSGTYPE_REQUEST, "conduit.stats", stats_cb, 0 },
+    { FLUX_MSGTYPE_REQUEST, "conduit.disconnect", disconnect_cb, 0 },
+    FLUX_MSGHANDLER_TABLE_END,
+};
+
+static int parse_size (const char *s, size_t *value)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull (s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v == 0 || *s == '-') {
+        errno = EINVAL;
+        return -1;
+    }
+    *value = (size_t)v;
+    return 0;
+}
+
+static int conduit_parse_args (struct conduit *ctx, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strncmp (argv[i], "max-data=", 9) == 0) {
+            if (parse_size (argv[i] + 9, &ctx->max_data) < 0)
+                goto inval;
+        }
+        else if (strncmp (argv[i], "backlog=", 8) == 0) {
+            if (parse_size (argv[i] + 8, &ctx->backlog) < 0)
+                goto inval;
+        }
+        else
+            goto inval;
+    }
+    return 0;
+inval:
+    flux_log (ctx->h,
+              LOG_ERR,
+              "%s: expected max-data=BYTES or backlog=PUTS (positive integers)",
+              argv[0] ? argv[0] : "(null)");
+    errno = EINVAL;
+    return -1;
+}
+
+static void conduit_destroy (struct conduit *ctx)
+{
+    if (ctx) {
+        int saved_errno = errno;
+        held_fail_all (ctx,
+                       "conduit: the module was unloaded before the "
+                       "datastore stored this packet");
+        if (ctx->attach) {
+            // end of stream: the datastore sees ENODATA
+            if (flux_respond_error (ctx->h, ctx->attach, ENODATA, NULL) < 0)
+                flux_log_error (ctx->h, "error ending the attach stream");
+            flux_msg_decref (ctx->attach);
+        }
+        flux_msg_handler_delvec (ctx->handlers);
+        json_decref (ctx->outbox);
+        free (ctx);
+        errno = saved_errno;
+    }
+}
+
+static struct conduit *conduit_create (flux_t *h)
+{
+    struct conduit *ctx;
+
+    if (!(ctx = calloc (1, sizeof (*ctx))))
+        return NULL;
+    ctx->h = h;
+    ctx->max_data = default_max_data;
+    ctx->backlog = default_backlog;
+    ctx->next_id = 1;
+    if (!(ctx->outbox = json_array ())
+        || flux_get_rank (h, &ctx->rank) < 0
+        || flux_msg_handler_addvec (h, htab, ctx, &ctx->handlers) < 0)
+        goto error;
+    return ctx;
+error:
+    conduit_destroy (ctx);
+    return NULL;
+}
+
+int mod_main (flux_t *h, int argc, char **argv)
+{
+    struct conduit *ctx;
+
+    if (!(ctx = conduit_create (h))) {
+        flux_log_error (h, "error initializing the conduit");
+        return -1;
+    }
+    if (conduit_parse_args (ctx, argc, argv) < 0)
+        goto error;
+    if (flux_reactor_run (flux_get_reactor (h), 0) < 0) {
+        flux_log_error (h, "flux_reactor_run");
+        goto error;
+    }
+    conduit_destroy (ctx);
+    return 0;
+error:
+    conduit_destroy (ctx);
+    return -1;
+}
+
+/*
+ * vi:tabstop=4 shiftwidth=4 expandtab
+ */

@@ -1,0 +1,35 @@
+"""The command line, without Flux."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conduit.cli import parser
+from tests.instance import REPO
+
+
+def test_commands_and_defaults() -> None:
+    args = parser().parse_args(["datastore"])
+    assert (args.packets, args.fresh, args.quiet) == (5, False, False)
+    args = parser().parse_args(["demo", "--compute-ranks", "0,1"])
+    assert (args.computes, args.compute_ranks) == (5, [0, 1])
+
+
+def test_bad_ranks_are_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["demo", "--compute-ranks", "a,b"])
+
+
+def test_python_without_flux_gets_one_clear_line() -> None:
+    # -I -S: no site-packages, so no flux bindings, whatever this machine has
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from conduit.cli import main; "
+        "sys.exit(main(['compute', '1']))"
+    )
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "cannot import flux" in line and "flux python" in line

@@ -1,0 +1,174 @@
+"""The data conduit on a real Flux instance (three brokers)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conduit import output
+from tests.instance import MODULE, FluxInstance
+
+pytestmark = pytest.mark.flux
+
+
+def compute_keys(store: dict[str, object], jobids: list[str], inst: FluxInstance) -> list[str]:
+    """The store keys of these computes' packets (one per compute)."""
+    plain = [inst.flux("job", "id", "--to=f58plain", j).stdout.strip() for j in jobids]
+    return [k for k in store if any(k.endswith(f"-{p}") for p in plain)]
+
+
+def test_demo_end_to_end(flux_instance: FluxInstance) -> None:
+    demo = flux_instance.flux("python", "-m", "conduit", "demo", "--sleep", "0", timeout=180)
+    result = output.parse(demo.stdout)
+    assert result.lines[:4] == [output.STARTING, output.LOADED, output.INITIALIZED, output.RUNNING]
+    assert result.waits == 6  # the test packet, then five computes
+    assert result.stores[0] == {"test": 101}
+    assert len(result.final_store) == 6
+    assert all(v == "os.time" for k, v in result.final_store.items() if k != "test")
+    assert result.lines[-3:] == [
+        output.BYE,
+        output.FINISHED,
+        "demo: 5 of 5 compute packets in the final store",
+    ]
+
+
+def test_datastore_on_rank2_computes_on_ranks_0_and_1(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--packets", "4", "--fresh", rank=2)
+    location = flux_instance.wait_ready(ds)
+    assert location["rank"] == 2
+    computes = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 0, 1)]
+    result = flux_instance.datastore_output(ds)
+    for jobid in computes:
+        done = flux_instance.attach(jobid)
+        assert done.returncode == 0, done.stderr
+        assert "on rank 2" in done.stdout
+    assert len(compute_keys(result.final_store, computes, flux_instance)) == 4
+    assert result.finished
+    assert not flux_instance.module_loaded(2)
+
+
+def test_five_computes_at_once_make_five_entries(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--fresh")
+    flux_instance.wait_ready(ds)
+    cc = flux_instance.flux(
+        "submit", "--cc=1-5", "-N1", "-n1", "flux", "python", "-m", "conduit", "compute", "0"
+    )
+    computes = cc.stdout.split()
+    result = flux_instance.datastore_output(ds)
+    assert len(computes) == 5
+    assert len(compute_keys(result.final_store, computes, flux_instance)) == 5
+    # each store printed is the previous one plus exactly one packet
+    sizes = [len(s) for s in result.stores]
+    assert sizes == list(range(1, 7))
+
+
+BAD_PUTS = [
+    ({"nodata": 1}, 'lacks "data"'),
+    ({"data": 42}, "must be a string"),
+    ({"data": {"a": 1}}, "must be a string"),
+    ({"data": "{not json"}, "not valid JSON"),
+    ({"data": "[1, 2]"}, "not an array"),
+    ({"data": "7"}, "not a number"),
+    ({"data": json.dumps({"big": "x" * 70000})}, "over the limit of 65536 bytes"),
+    ({"data": "{}", "producer": "p"}, "go together"),
+]
+
+PUT_SCRIPT = """
+import json, sys, flux
+h = flux.Flux()
+rank = json.loads(sys.argv[1]); results = []
+for payload in json.loads(sys.stdin.read()):
+    try:
+        results.append({"ok": h.rpc("conduit.put", payload, nodeid=rank).get()})
+    except OSError as exc:
+        results.append({"errno": exc.errno, "error": exc.strerror})
+print(json.dumps(results))
+"""
+
+
+def put_all(inst: FluxInstance, rank: int, payloads: list[object]) -> list[dict[str, object]]:
+    done = inst.python(PUT_SCRIPT, str(rank), input=json.dumps(payloads))
+    return json.loads(done.stdout)
+
+
+def test_bad_puts_get_clear_errors_and_the_next_put_succeeds(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
+    flux_instance.wait_ready(ds)
+    results = put_all(flux_instance, 1, [p for p, _ in BAD_PUTS] + [{"data": '{"good": 1}'}])
+    for (payload, message), result in zip(BAD_PUTS, results):
+        assert "error" in result, f"{payload} was accepted"
+        assert message in str(result["error"]), result
+    assert results[-1]["ok"] == {"id": 1, "duplicate": False}
+    result = flux_instance.datastore_output(ds)
+    assert result.final_store == {"test": 101, "good": 1}
+    assert result.finished
+
+
+def test_put_without_a_datastore_is_refused(flux_instance: FluxInstance) -> None:
+    flux_instance.flux("exec", "-r", "1", "flux", "module", "load", str(MODULE))
+    try:
+        [result] = put_all(flux_instance, 1, [{"data": "{}"}])
+    finally:
+        flux_instance.flux("exec", "-r", "1", "flux", "module", "remove", "conduit")
+    assert "no datastore is attached on rank 1" in str(result["error"])
+
+
+def test_compute_without_datastore_fails_fast_with_one_line(flux_instance: FluxInstance) -> None:
+    flux_instance.flux("kvs", "unlink", "-f", "conduit.datastore")
+    start = time.monotonic()
+    done = flux_instance.flux(
+        "run",
+        "-N1",
+        "flux",
+        "python",
+        "-m",
+        "conduit",
+        "compute",
+        "0",
+        "--timeout",
+        "3",
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert time.monotonic() - start < 30
+    # the compute's own stderr is one line; flux run adds its "flux-job:" note
+    [line] = [ln for ln in done.stderr.splitlines() if not ln.startswith("flux-job:")]
+    assert line.startswith("conduit compute: no datastore acknowledged within 3s")
+    assert "conduit.datastore" in line
+
+
+def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance) -> None:
+    first = flux_instance.submit("datastore", "--packets", "5", "--fresh", rank=2)
+    flux_instance.wait_ready(first)
+    early = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1)]
+    for jobid in early:
+        assert flux_instance.attach(jobid).returncode == 0
+    flux_instance.flux("cancel", first)
+    cancelled = flux_instance.attach(first)
+    assert cancelled.returncode != 0
+    assert "packets stay in KVS conduit.store" in cancelled.stdout
+    assert not flux_instance.module_loaded(2)
+
+    second = flux_instance.submit("datastore", "--packets", "5", rank=2)
+    flux_instance.wait_ready(second)
+    late = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 2)]
+    result = flux_instance.datastore_output(second)
+    assert any(line.startswith("Resumed 2 packets") for line in result.lines)
+    assert len(compute_keys(result.final_store, early + late, flux_instance)) == 5
+    assert result.finished
+
+
+def test_datastore_killed_leaves_no_module_in_the_way(flux_instance: FluxInstance) -> None:
+    first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
+    flux_instance.wait_ready(first)
+    flux_instance.flux("job", "kill", "--signal=SIGKILL", first)
+    flux_instance.attach(first)
+    second = flux_instance.submit("datastore", "--packets", "1", rank=0)
+    flux_instance.wait_ready(second)
+    compute = flux_instance.submit("compute", "0", rank=1)
+    result = flux_instance.datastore_output(second)
+    assert flux_instance.attach(compute).returncode == 0
+    assert result.finished
