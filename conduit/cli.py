@@ -84,11 +84,80 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)"
     )
+
+    be = sub.add_parser(
+        "bench", help="inside an instance: conduit throughput and latency against raw Flux RPC"
+    )
+    be.add_argument(
+        "--producers",
+        type=ranks,
+        default=[1, 2, 4],
+        metavar="P,P,...",
+        help="producer counts to run (default 1,2,4)",
+    )
+    be.add_argument(
+        "--packets", type=int, default=2000, metavar="M", help="packets per producer (default 2000)"
+    )
+    be.add_argument(
+        "--size", type=int, default=64, metavar="S", help="bytes of data per packet (default 64)"
+    )
+    be.add_argument(
+        "--window", type=int, default=64, help="requests each producer keeps in flight (default 64)"
+    )
+    be.add_argument(
+        "--datastore-rank",
+        type=int,
+        default=0,
+        metavar="RANK",
+        help="rank of the datastore and of the echo (default 0)",
+    )
+    be.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    be.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput and latency against P (needs matplotlib)",
+    )
+
+    pr = sub.add_parser("produce", help="run as a Flux job by bench and the tests: pipelined puts")
+    pr.add_argument(
+        "--topic", default="conduit.put", help="conduit.put, or an echo such as broker.ping"
+    )
+    pr.add_argument("--rank", type=int, help="destination rank for topics other than conduit.put")
+    pr.add_argument("--count", type=int, default=1000, help="packets to send (default 1000)")
+    pr.add_argument("--size", type=int, default=64, help="bytes of data per packet (default 64)")
+    pr.add_argument("--window", type=int, default=64, help="requests in flight (default 64)")
+    pr.add_argument(
+        "--retry-for",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="resend packets refused by a restarting datastore for this long",
+    )
+    pr.add_argument(
+        "--start-at",
+        type=float,
+        default=0.0,
+        metavar="EPOCH",
+        help="wait until this time before sending",
+    )
+
+    pl = sub.add_parser("plot", help="draw a bench --json file as a PNG (needs matplotlib)")
+    pl.add_argument("results", help="bench results (JSON)")
+    pl.add_argument("png", help="output image")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "plot":
+        import json
+        from pathlib import Path
+
+        from conduit import bench
+
+        bench.require_matplotlib()
+        bench.plot(json.loads(Path(args.results).read_text()), args.png)
+        return 0
     try:
         import flux  # noqa: F401
     except ImportError as exc:
@@ -106,6 +175,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conduit import compute
 
         return compute.main(args.seconds, args.timeout)
+    if args.command == "bench":
+        from conduit import bench
+
+        return bench.main(
+            args.producers, args.packets, args.size, args.window, args.datastore_rank,
+            args.json, args.plot,
+        )  # fmt: skip
+    if args.command == "produce":
+        from conduit import producer
+
+        return producer.main(
+            args.topic, args.rank, args.count, args.size, args.window, args.retry_for,
+            args.start_at,
+        )  # fmt: skip
     from conduit import demo
 
     return demo.run(

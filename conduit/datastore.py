@@ -31,9 +31,9 @@ from conduit.protocol import (
     KVS_LOCATION,
     KVS_NAMESPACE,
     KVS_STORE,
-    TEST_PACKET,
+    SEGMENT_COMMITS,
 )
-from conduit.store import Record, Store, decode_records, encode_records, record_of
+from conduit.store import Packet, Store, log_line
 
 
 @dataclass
@@ -41,10 +41,9 @@ class Commit:
     """Packets stored together in one KVS commit, acknowledged together."""
 
     upto: int = -1  # highest packet id covered
-    records: list[Record] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)  # batches, as received
+    fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
-    # what to show once stored: None for the test packet, else a record
-    shown: list[Record | None] = field(default_factory=list)
 
 
 class Datastore:
@@ -69,6 +68,8 @@ class Datastore:
         self.next_commit = Commit()
         self.in_flight: Commit | None = None
         self.attach: Any = None
+        self.commits = 0
+        self.segment = 0  # the log segment this datastore starts appending to
         self.exit_code = 0
         self.done = False
 
@@ -111,9 +112,10 @@ class Datastore:
             txn.unlink(KVS_STORE)
             txn.commit()
             return
-        blob = kvs_get_raw(self.h, KVS_STORE)
-        if blob:
-            self.store = Store.from_records(decode_records(blob))
+        segments = log_segments(self.h)
+        if segments:
+            self.store = Store.from_log(b"".join(kvs_get_raw(self.h, k) for k in segments))
+            self.segment = int(segments[-1].rsplit(".", 1)[1]) + 1
             self.say(
                 f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
                 f"unfinished datastore (KVS {KVS_STORE}); --fresh starts empty"
@@ -129,20 +131,17 @@ class Datastore:
     # Packets in: each batch joins the next commit.
     def on_batch(self, f: Any) -> None:
         try:
-            batch = f.get()
+            text = f.get_str()
         except OSError as exc:
             self.fail(f"the conduit closed the packet stream: {exc.strerror}")
             return
         f.reset()
         pending = self.next_commit
-        for packet in batch["packets"]:
+        pending.lines.append(log_line(text))
+        for packet in json.loads(text)["packets"]:
             pending.upto = packet["id"]
-            if packet["id"] == 0:
-                pending.shown.append(None)
-            elif self.store.claim(packet):
-                record = record_of(packet)
-                pending.records.append(record)
-                pending.shown.append(record)
+            if self.store.claim(packet):
+                pending.fresh.append(packet)
             else:
                 pending.duplicates.append(packet["id"])
                 print(
@@ -157,14 +156,13 @@ class Datastore:
             return
         commit, self.next_commit = self.next_commit, Commit()
         self.in_flight = commit
-        if not commit.records:
-            self.stored(commit)
-            return
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
-        blob = encode_records(commit.records)
+        blob = b"".join(commit.lines)
+        key = f"{KVS_STORE}.{self.segment + self.commits // SEGMENT_COMMITS}"
         flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, KVS_STORE, blob, len(blob)
+            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
         )
+        self.commits += 1
         txn.commit_async().then(self.on_committed, commit)
 
     def on_committed(self, f: Any, commit: Commit) -> None:
@@ -177,11 +175,8 @@ class Datastore:
 
     # Packets stored: show, acknowledge, and go on or finish.
     def stored(self, commit: Commit) -> None:
-        for record in commit.shown:
-            if record is None:
-                self.store.data.update(TEST_PACKET)
-            else:
-                self.store.apply(record)
+        for packet in commit.fresh:
+            self.store.apply(packet)
             if not self.quiet:
                 self.say(self.store.render())
                 if not self.reached_target():
@@ -210,7 +205,7 @@ class Datastore:
             txn.unlink(KVS_LOCATION)
         txn.commit()
         if self.quiet:
-            self.say(json.dumps({"stored": self.store.count}))
+            self.say(json.dumps({"stored": self.store.count, "commits": self.commits}))
         self.say(output.FINISHED)
 
     def location_is_mine(self) -> bool:
@@ -236,16 +231,23 @@ class Datastore:
         h.reactor_stop()
 
 
-def kvs_get_raw(h: flux.Flux, key: str) -> bytes | None:
-    """A KVS value as bytes, or None if there is no such key."""
+def log_segments(h: flux.Flux) -> list[str]:
+    """The keys of the store's log segments, in order."""
+    try:
+        names = list(flux.kvs.get_dir(h, KVS_STORE, namespace=KVS_NAMESPACE).keys())
+    except FileNotFoundError:
+        return []
+    return [f"{KVS_STORE}.{n}" for n in sorted(names, key=int)]
+
+
+def kvs_get_raw(h: flux.Flux, key: str) -> bytes:
+    """A KVS value as bytes; FileNotFoundError if there is no such key."""
     future = flux.kvs.RAW.flux_kvs_lookup(h, KVS_NAMESPACE, 0, key)
     data = ffi.new("const void *[1]")
     size = ffi.new("size_t [1]")
     try:
         flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
         return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
-    except FileNotFoundError:
-        return None
     finally:
         flux.kvs.RAW.flux_future_destroy(future)
 

@@ -15,10 +15,13 @@ STATS = "conduit.stats"
 KVS_NAMESPACE = "primary"
 KVS_DIR = "conduit"
 KVS_LOCATION = "conduit.datastore"  # {"rank", "jobid", "host"} of the live datastore
-KVS_STORE = "conduit.store"  # JSON lines: every stored packet, appended per commit
+# The store's log: a directory of segments 0, 1, ...; each holds the
+# batches of up to SEGMENT_COMMITS commits as JSON lines.  Appending to one
+# ever-growing key would make each commit cost more than the last.
+KVS_STORE = "conduit.store"
+SEGMENT_COMMITS = 64
 KVS_COMPUTES = "conduit.computes"  # one key per compute job that checked in
 
-TEST_PACKET = {"test": 101}
 MAX_DATA = 65536  # bytes of "data" the module accepts by default (max-data=)
 
 # Errors after which a put may succeed if tried again: no datastore yet,

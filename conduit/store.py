@@ -1,28 +1,31 @@
 """The datastore's state: the merged store and the packets behind it.
 
-A record is one stored packet: {"data": {...}} plus "producer" and "seq"
-when the sender numbered it.  Records are kept in the KVS as JSON lines,
-so a restarted datastore rebuilds the same store and knows which
-(producer, seq) pairs it already holds.
+The KVS log (conduit.store) holds the batches exactly as the module sent
+them, one JSON line per batch: {"packets": [{"id", "data", "producer"?,
+"seq"?}, ...]}.  Appending the module's own text costs the datastore no
+re-encoding.  A line may repeat a (producer, seq) that an earlier line
+holds (a retried put); replaying the log keeps the first, as the live
+datastore did, so a restarted datastore rebuilds the same store.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
-Record = dict[str, Any]
+Packet = dict[str, Any]
+TEST_ID = 0  # the module's own {"test": 101} packet, sent at each attach
 
 
 class Store:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
-        self.count = 0
+        self.count = 0  # packets stored, the test packet aside
         self._seen: set[tuple[str, int]] = set()
 
-    def claim(self, packet: Record) -> bool:
-        """Reserve a packet's (producer, seq); False if already held."""
+    def claim(self, packet: Packet) -> bool:
+        """Reserve a packet's (producer, seq); False if the store has it."""
         producer = packet.get("producer")
         if producer is None:
             return True
@@ -32,43 +35,35 @@ class Store:
         self._seen.add(key)
         return True
 
-    def apply(self, record: Record) -> None:
-        self.data.update(record["data"])
-        self.count += 1
+    def apply(self, packet: Packet) -> None:
+        self.data.update(packet["data"])
+        if packet["id"] != TEST_ID:
+            self.count += 1
 
     def render(self) -> str:
         return json.dumps(self.data)
 
     @classmethod
-    def from_records(cls, records: Iterable[Record]) -> Store:
+    def from_log(cls, blob: bytes) -> Store:
         store = cls()
-        for record in records:
-            store.claim(record)
-            store.apply(record)
+        for packet in log_packets(blob):
+            if store.claim(packet):
+                store.apply(packet)
         return store
 
 
-def record_of(packet: Record) -> Record:
-    """The part of a packet from the module that is worth keeping."""
-    record = {"data": packet["data"]}
-    if "producer" in packet:
-        record["producer"] = packet["producer"]
-        record["seq"] = packet["seq"]
-    return record
+def log_line(batch_text: str) -> bytes:
+    return batch_text.encode() + b"\n"
 
 
-def encode_records(records: Iterable[Record]) -> bytes:
-    return b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-
-
-def decode_records(blob: bytes) -> list[Record]:
-    """Parse the KVS log; a line that is not a record is an error."""
-    records = []
+def log_packets(blob: bytes) -> Iterator[Packet]:
+    """The stored packets of a KVS log, in order (test packets left out)."""
     for number, line in enumerate(blob.splitlines(), start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get("data"), dict):
-            raise ValueError(f"line {number} of the store log is not a record")
-        records.append(record)
-    return records
+        batch = json.loads(line)
+        if not isinstance(batch, dict) or not isinstance(batch.get("packets"), list):
+            raise ValueError(f"line {number} of the store log is not a batch")
+        for packet in batch["packets"]:
+            if packet.get("id") != TEST_ID:
+                yield packet

@@ -9,7 +9,7 @@
  * conduit.ack; only then does the module respond to the puts, so an
  * acknowledged put is a stored packet.
  *
- * Batching: at most BATCH_WINDOW batches are outstanding to the
+ * Batching: at most 'window' batches are outstanding to the
  * datastore.  Puts arriving meanwhile queue and leave together in the
  * next batch, so batches grow with load while an idle conduit forwards
  * each packet at once.  Nothing here blocks the broker: a slow datastore
@@ -34,8 +34,9 @@
 #include <flux/core.h>
 #include <jansson.h>
 
-#define BATCH_WINDOW 2
+#define MAX_WINDOW 8
 
+static const size_t default_window = 2;
 static const size_t default_max_data = 65536;
 static const size_t default_backlog = 65536;
 
@@ -51,6 +52,7 @@ struct conduit {
     flux_t *h;
     uint32_t rank;
     flux_msg_handler_t **handlers;
+    size_t window;              // most batches sent and not yet acknowledged
     size_t max_data;            // largest accepted "data" string, in bytes
     size_t backlog;             // most puts held at once
     const flux_msg_t *attach;   // the datastore's streaming request, or NULL
@@ -60,8 +62,8 @@ struct conduit {
     struct held_put *head;      // held puts, in id order
     struct held_put *tail;
     size_t held;
-    json_int_t batch_last[BATCH_WINDOW]; // last id of each unacked batch
-    int batches;
+    json_int_t batch_last[MAX_WINDOW]; // last id of each unacked batch
+    size_t batches;
     json_int_t sent_upto;       // highest id sent to the datastore
     json_int_t received;
     json_int_t stored;
@@ -84,7 +86,7 @@ static void outbox_flush (struct conduit *ctx)
     size_t n = json_array_size (ctx->outbox);
     json_t *batch;
 
-    if (!ctx->attach || n == 0 || ctx->batches >= BATCH_WINDOW)
+    if (!ctx->attach || n == 0 || ctx->batches >= ctx->window)
         return;
     batch = ctx->outbox;
     if (!(ctx->outbox = json_array ())) {
@@ -537,6 +539,11 @@ static int conduit_parse_args (struct conduit *ctx, int argc, char **argv)
             if (parse_size (argv[i] + 8, &ctx->backlog) < 0)
                 goto inval;
         }
+        else if (strncmp (argv[i], "window=", 7) == 0) {
+            if (parse_size (argv[i] + 7, &ctx->window) < 0
+                || ctx->window > MAX_WINDOW)
+                goto inval;
+        }
         else
             goto inval;
     }
@@ -544,8 +551,9 @@ static int conduit_parse_args (struct conduit *ctx, int argc, char **argv)
 inval:
     flux_log (ctx->h,
               LOG_ERR,
-              "%s: expected max-data=BYTES or backlog=PUTS (positive integers)",
-              argv[0] ? argv[0] : "(null)");
+              "%s: expected max-data=BYTES, backlog=PUTS or window=1..%d",
+              argv[0] ? argv[0] : "(null)",
+              MAX_WINDOW);
     errno = EINVAL;
     return -1;
 }
@@ -577,6 +585,7 @@ static struct conduit *conduit_create (flux_t *h)
     if (!(ctx = calloc (1, sizeof (*ctx))))
         return NULL;
     ctx->h = h;
+    ctx->window = default_window;
     ctx->max_data = default_max_data;
     ctx->backlog = default_backlog;
     ctx->next_id = 1;
