@@ -141,6 +141,10 @@ def parser() -> argparse.ArgumentParser:
         help="wait until this time before sending",
     )
 
+    sub.add_parser(
+        "store", help="print the durable store (what an unfinished datastore left in the KVS)"
+    )
+
     pl = sub.add_parser("plot", help="draw a bench --json file as a PNG (needs matplotlib)")
     pl.add_argument("results", help="bench results (JSON)")
     pl.add_argument("png", help="output image")
@@ -171,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conduit import datastore
 
         return datastore.main(args.packets, args.fresh, args.quiet, args.module, args.module_arg)
+    if args.command == "store":
+        from conduit import datastore
+
+        return datastore.show_store()
     if args.command == "compute":
         from conduit import compute
 

@@ -205,7 +205,8 @@ class Datastore:
             txn.unlink(KVS_LOCATION)
         txn.commit()
         if self.quiet:
-            self.say(json.dumps({"stored": self.store.count, "commits": self.commits}))
+            summary = {"stored": self.store.count, "keys": len(self.store.data)}
+            self.say(json.dumps({**summary, "commits": self.commits}))
         self.say(output.FINISHED)
 
     def location_is_mine(self) -> bool:
@@ -250,6 +251,15 @@ def kvs_get_raw(h: flux.Flux, key: str) -> bytes:
         return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
     finally:
         flux.kvs.RAW.flux_future_destroy(future)
+
+
+def show_store() -> int:
+    """Print the durable store in the KVS as one JSON line."""
+    h = flux.Flux()
+    segments = log_segments(h)
+    store = Store.from_log(b"".join(kvs_get_raw(h, k) for k in segments))
+    print(json.dumps({"packets": store.count, "segments": len(segments), "store": store.data}))
+    return 0
 
 
 def main(packets: int, fresh: bool, quiet: bool, module: str | None, module_args: list[str]) -> int:

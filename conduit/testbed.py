@@ -4,8 +4,10 @@ compose.yaml in the repository is this output for N=3; `make up NODES=N`
 writes build/compose.N.yaml with it.  Everything that depends on N (the
 services here; the bootstrap host list and the resource config, which
 docker/node-entrypoint.sh derives from NODES) follows from the one number.
+Compose resolves the build context against the file's own directory, so a
+file written elsewhere names the repository root with --context.
 
-    python3 -m conduit.testbed --nodes 8 > build/compose.8.yaml
+    python3 -m conduit.testbed --nodes 8 --context .. > build/compose.8.yaml
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ name: {project}
 
 x-node: &node
   build:
-    context: .
+    context: {context}
     dockerfile: docker/Dockerfile
     args:
       BASE_IMAGE: ${{BASE_IMAGE:-fluxrm/flux-core:bookworm-v0.88.0}}
@@ -51,19 +53,26 @@ volumes:
 """
 
 
-def compose_yaml(nodes: int) -> str:
+def compose_yaml(nodes: int, context: str = ".") -> str:
+    """The compose file of `nodes` brokers; `context`: the repository root, from the file."""
     if nodes < 1:
         raise ValueError(f"a testbed needs at least 1 node, not {nodes}")
     services = "".join(SERVICE.format(k=k) for k in range(nodes))
-    return HEADER.format(nodes=nodes, last=nodes - 1, project=PROJECT) + services + FOOTER
+    header = HEADER.format(nodes=nodes, last=nodes - 1, project=PROJECT, context=context)
+    return header + services + FOOTER
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m conduit.testbed", description=__doc__)
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="number of brokers")
+    p.add_argument(
+        "--context",
+        default=".",
+        help="the repository root, relative to where the file goes (default: .)",
+    )
     args = p.parse_args(argv)
     try:
-        sys.stdout.write(compose_yaml(args.nodes))
+        sys.stdout.write(compose_yaml(args.nodes, args.context))
     except ValueError as exc:
         p.error(str(exc))
     return 0

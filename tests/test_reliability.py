@@ -1,0 +1,125 @@
+"""Delivery guarantees under load and faults, on a real Flux instance.
+
+Guarantees (README, "Delivery guarantees"): an acknowledged put is in the
+store exactly once; it survives a datastore crash because it is in the
+KVS before the acknowledgement; a put that cannot be stored gets an error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.instance import FluxInstance
+from tests.test_native import put_all
+
+pytestmark = pytest.mark.flux
+
+
+def producer_reports(inst: FluxInstance, jobs: list[str]) -> list[dict[str, object]]:
+    reports = []
+    for jobid in jobs:
+        done = inst.attach(jobid, timeout=300)
+        assert done.returncode == 0, f"producer {jobid}: {done.stderr}"
+        reports.append(json.loads(done.stdout.splitlines()[-1]))
+    return reports
+
+
+def durable_store(inst: FluxInstance) -> dict[str, object]:
+    return json.loads(inst.flux("python", "-m", "conduit", "store").stdout)
+
+
+def expected_keys(reports: list[dict[str, object]]) -> set[str]:
+    return {f"{r['producer']}-{seq}" for r in reports for seq in range(1, int(r["count"]) + 1)}  # type: ignore[call-overload]
+
+
+def stats(inst: FluxInstance, rank: int) -> dict[str, int]:
+    rpc = f"flux.Flux().rpc('conduit.stats', nodeid={rank}).get()"
+    code = f"import flux, json; print(json.dumps({rpc}))"
+    return json.loads(inst.python(code).stdout)
+
+
+def test_ten_producers_lose_and_duplicate_nothing(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=0)
+    flux_instance.wait_ready(ds)
+    jobs = [flux_instance.submit("produce", "--count", "1000", rank=i % 3) for i in range(10)]
+    reports = producer_reports(flux_instance, jobs)
+    store = durable_store(flux_instance)
+    flux_instance.flux("cancel", ds)
+    flux_instance.attach(ds)
+    assert all(r["acked"] == 1000 and r["errors"] == {} for r in reports)
+    assert sum(int(r["duplicates"]) for r in reports) == 0  # type: ignore[call-overload]
+    assert store["packets"] == 10_000
+    assert set(store["store"]) == expected_keys(reports)  # type: ignore[arg-type]
+
+
+def test_datastore_killed_mid_stream_and_restarted(flux_instance: FluxInstance) -> None:
+    first = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=1)
+    flux_instance.wait_ready(first)
+    jobs = [
+        flux_instance.submit(
+            "produce", "--count", "3000", "--window", "16", "--retry-for", "90", rank=r
+        )
+        for r in (0, 2, 0)
+    ]
+    deadline = time.monotonic() + 60
+    while stats(flux_instance, 1)["stored"] < 1000:
+        assert time.monotonic() < deadline, "the first datastore stored too little"
+        time.sleep(0.05)
+    flux_instance.flux("job", "kill", "--signal=SIGKILL", first)
+    assert flux_instance.attach(first).returncode != 0
+
+    second = flux_instance.submit("datastore", "--packets", "9000", "--quiet", rank=2)
+    reports = producer_reports(flux_instance, jobs)
+    result = flux_instance.datastore_output(second)
+    [resumed] = [line for line in result.lines if line.startswith("Resumed ")]
+    assert int(resumed.split()[1]) >= 1000
+    summary = json.loads(next(line for line in result.lines if line.startswith('{"stored"')))
+    # every put was acknowledged; the store has each packet once, none missing
+    assert all(r["acked"] == 3000 for r in reports)
+    assert sum(int(r["retries"]) for r in reports) > 0  # type: ignore[call-overload]
+    assert summary["stored"] == 9000
+    assert summary["keys"] == 9000 + 1  # and the module's {"test": 101}
+
+
+def test_random_and_malformed_puts(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=1)
+    flux_instance.wait_ready(ds)
+    done = flux_instance.flux("python", "tests/fuzz_puts.py", "20261125", "1000", "1", timeout=300)
+    report = json.loads(done.stdout)
+    assert report["wrong"] == []
+    assert 300 < report["refused"] < 700
+    [after] = put_all(flux_instance, 1, [{"data": '{"after-fuzz": true}'}])
+    assert "ok" in after
+    store = durable_store(flux_instance)
+    assert flux_instance.flux("ping", "--count=1", "1").returncode == 0
+    flux_instance.flux("cancel", ds)
+    flux_instance.attach(ds)
+    accepted = report["accepted"]
+    assert store["packets"] == len(accepted) + 1
+    for data in accepted:
+        for key, value in data.items():
+            assert store["store"][key] == value
+
+
+def test_only_the_instance_owner_may_put(flux_instance: FluxInstance) -> None:
+    ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
+    flux_instance.wait_ready(ds)
+    guest = dict(flux_instance.env, FLUX_HANDLE_USERID="4242", FLUX_HANDLE_ROLEMASK="0x2")
+    code = (
+        "import flux\n"
+        "try:\n"
+        "    flux.Flux().rpc('conduit.put', {'data': '{\"guest\": 1}'}, nodeid=0).get()\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno, exc.strerror)\n"
+    )
+    done = subprocess.run(
+        ["flux", "python", "-c", code], env=guest, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "1 Request requires owner credentials"
+    [owner] = put_all(flux_instance, 0, [{"data": '{"owner": 1}'}])
+    assert "ok" in owner
+    assert flux_instance.datastore_output(ds).final_store == {"test": 101, "owner": 1}
