@@ -12,7 +12,8 @@
  * Batching: at most 'window' batches are outstanding to the
  * datastore.  Puts arriving meanwhile queue and leave together in the
  * next batch, so batches grow with load while an idle conduit forwards
- * each packet at once.  Nothing here blocks the broker: a slow datastore
+ * each packet at once.  A batch is JSON text built by appending each
+ * packet's validated data as it came, so no packet is encoded twice.  Nothing here blocks the broker: a slow datastore
  * only makes the queue longer, up to 'backlog' held puts, after which
  * puts fail with EAGAIN.
  *
@@ -40,6 +41,20 @@ static const size_t default_window = 2;
 static const size_t default_max_data = 65536;
 static const size_t default_backlog = 65536;
 
+/* The next batch for the datastore, as the text of its response payload:
+ * {"packets":[{"id":N,"producer":"P","seq":S,"data":{...}},...]}
+ */
+struct outbox {
+    char *text;
+    size_t len;
+    size_t size;
+    size_t count;               // packets in it
+    json_int_t last;            // id of the last one
+};
+
+static const char batch_head[] = "{\"packets\":[";
+static const char batch_tail[] = "]}";
+
 /* A put waiting for the datastore's acknowledgement.
  */
 struct held_put {
@@ -58,7 +73,7 @@ struct conduit {
     const flux_msg_t *attach;   // the datastore's streaming request, or NULL
     json_int_t datastore_jobid; // as the datastore declared it (0: not a job)
     json_int_t next_id;         // id of the next put
-    json_t *outbox;             // packets not yet sent to the datastore
+    struct outbox outbox;       // packets not yet sent to the datastore
     struct held_put *head;      // held puts, in id order
     struct held_put *tail;
     size_t held;
@@ -79,43 +94,104 @@ static bool same_sender (const flux_msg_t *a, const flux_msg_t *b)
     return sa && sb && strcmp (sa, sb) == 0;
 }
 
+static int outbox_reserve (struct outbox *ob, size_t more)
+{
+    if (ob->len + more + 1 > ob->size) {
+        size_t size = ob->size ? ob->size : 4096;
+        char *text;
+        while (ob->len + more + 1 > size)
+            size *= 2;
+        if (!(text = realloc (ob->text, size)))
+            return -1;
+        ob->text = text;
+        ob->size = size;
+    }
+    return 0;
+}
+
+static int outbox_write (struct outbox *ob, const char *s, size_t len)
+{
+    if (outbox_reserve (ob, len) < 0)
+        return -1;
+    memcpy (ob->text + ob->len, s, len);
+    ob->len += len;
+    ob->text[ob->len] = '\0';
+    return 0;
+}
+
+static void outbox_clear (struct outbox *ob)
+{
+    ob->len = 0;
+    ob->count = 0;
+    (void)outbox_write (ob, batch_head, sizeof (batch_head) - 1);
+}
+
+/* Append one packet.  'producer' is already JSON (a quoted string) or
+ * NULL.  'data' is valid JSON text of an object; a raw newline in it can
+ * only be white space between tokens, and becomes a space so that a batch
+ * stays one line of the datastore's log.
+ */
+static int outbox_add (struct outbox *ob,
+                       json_int_t id,
+                       const char *producer,
+                       json_int_t seq,
+                       const char *data,
+                       size_t datalen)
+{
+    char head[128];
+    size_t start = ob->len;
+    int n;
+
+    n = snprintf (head,
+                  sizeof (head),
+                  "%s{\"id\":%" JSON_INTEGER_FORMAT,
+                  ob->count ? "," : "",
+                  id);
+    if (outbox_write (ob, head, n) < 0
+        || (producer
+            && (outbox_write (ob, ",\"producer\":", 12) < 0
+                || outbox_write (ob, producer, strlen (producer)) < 0
+                || (n = snprintf (head,
+                                  sizeof (head),
+                                  ",\"seq\":%" JSON_INTEGER_FORMAT,
+                                  seq)) < 0
+                || outbox_write (ob, head, n) < 0))
+        || outbox_write (ob, ",\"data\":", 8) < 0
+        || outbox_reserve (ob, datalen + 1) < 0) {
+        ob->len = start;
+        errno = ENOMEM;
+        return -1;
+    }
+    for (size_t i = 0; i < datalen; i++) {
+        char c = data[i];
+        ob->text[ob->len++] = (c == '\n' || c == '\r') ? ' ' : c;
+    }
+    ob->text[ob->len++] = '}';
+    ob->text[ob->len] = '\0';
+    ob->count++;
+    ob->last = id;
+    return 0;
+}
+
 /* Send everything queued as one batch, if the window allows it.
  */
 static void outbox_flush (struct conduit *ctx)
 {
-    size_t n = json_array_size (ctx->outbox);
-    json_t *batch;
+    struct outbox *ob = &ctx->outbox;
+    size_t len = ob->len;
 
-    if (!ctx->attach || n == 0 || ctx->batches >= ctx->window)
+    if (!ctx->attach || ob->count == 0 || ctx->batches >= ctx->window)
         return;
-    batch = ctx->outbox;
-    if (!(ctx->outbox = json_array ())) {
-        flux_log_error (ctx->h, "cannot allocate outbox");
-        ctx->outbox = batch;
-        return;
-    }
-    json_int_t last;
-    if (json_unpack (json_array_get (batch, n - 1), "{s:I}", "id", &last) < 0
-        || flux_respond_pack (ctx->h, ctx->attach, "{s:O}", "packets", batch)
-               < 0) {
+    if (outbox_write (ob, batch_tail, sizeof (batch_tail) - 1) < 0
+        || flux_respond (ctx->h, ctx->attach, ob->text) < 0) {
         flux_log_error (ctx->h, "error sending a batch to the datastore");
-        json_array_extend (ctx->outbox, batch); // keep them for the next try
-        json_decref (batch);
+        ob->len = len; // keep the packets for the next try
+        ob->text[len] = '\0';
         return;
     }
-    ctx->batch_last[ctx->batches++] = last;
-    ctx->sent_upto = last;
-    json_decref (batch);
-}
-
-static int outbox_append (struct conduit *ctx, json_t *packet)
-{
-    if (json_array_append_new (ctx->outbox, packet) < 0) {
-        errno = ENOMEM;
-        return -1;
-    }
-    outbox_flush (ctx);
-    return 0;
+    ctx->batch_last[ctx->batches++] = ob->last;
+    ctx->sent_upto = ob->last;
+    outbox_clear (ob);
 }
 
 static void respond_put (struct conduit *ctx,
@@ -155,7 +231,7 @@ static void held_fail_all (struct conduit *ctx, const char *errstr)
     ctx->tail = NULL;
     ctx->held = 0;
     ctx->batches = 0;
-    json_array_clear (ctx->outbox);
+    outbox_clear (&ctx->outbox);
 }
 
 static void datastore_detach (struct conduit *ctx, const char *why)
@@ -194,25 +270,34 @@ static const char *json_type_name (const json_t *o)
     }
 }
 
-/* Check a put's payload.  On success, *packet is the packet to forward.
- * On failure, errstr names what is wrong and errno is set.
+/* The validated parts of a put: its data text and, if numbered, the
+ * producer (as JSON text, to be freed) and seq.
+ */
+struct put {
+    const char *data;
+    size_t datalen;
+    char *producer;
+    json_int_t seq;
+};
+
+/* Check a put's payload.  On failure, errstr names what is wrong and
+ * errno is set.
  */
 static int put_decode (struct conduit *ctx,
                        const flux_msg_t *msg,
-                       json_t **packet,
+                       struct put *put,
                        char *errstr,
                        size_t errlen)
 {
     json_t *data = NULL;
-    const char *producer = NULL;
+    json_t *producer = NULL;
     json_int_t seq = 0;
     json_t *obj;
     json_error_t jerror;
-    size_t len;
 
     if (flux_request_unpack (msg,
                              NULL,
-                             "{s?o s?s s?I}",
+                             "{s?o s?o s?I}",
                              "data", &data,
                              "producer", &producer,
                              "seq", &seq) < 0) {
@@ -235,30 +320,31 @@ static int put_decode (struct conduit *ctx,
                   json_type_name (data));
         goto inval;
     }
-    len = json_string_length (data);
-    if (len > ctx->max_data) {
+    put->data = json_string_value (data);
+    put->datalen = json_string_length (data);
+    if (put->datalen > ctx->max_data) {
         snprintf (errstr,
                   errlen,
                   "conduit.put: \"data\" is %zu bytes, over the limit of "
                   "%zu bytes",
-                  len,
+                  put->datalen,
                   ctx->max_data);
         errno = EMSGSIZE;
         return -1;
     }
     if ((producer != NULL) != (seq != 0)
         || seq < 0
-        || (producer && (*producer == '\0' || strlen (producer) > 256))) {
+        || (producer
+            && (!json_is_string (producer)
+                || json_string_length (producer) == 0
+                || json_string_length (producer) > 256))) {
         snprintf (errstr,
                   errlen,
-                  "conduit.put: \"producer\" (1 to 256 characters) and "
-                  "\"seq\" (an integer from 1) go together");
+                  "conduit.put: \"producer\" (a string of 1 to 256 "
+                  "characters) and \"seq\" (an integer from 1) go together");
         goto inval;
     }
-    if (!(obj = json_loadb (json_string_value (data),
-                            len,
-                            JSON_DECODE_ANY,
-                            &jerror))) {
+    if (!(obj = json_loadb (put->data, put->datalen, JSON_DECODE_ANY, &jerror))) {
         snprintf (errstr,
                   errlen,
                   "conduit.put: \"data\" is not valid JSON: %s "
@@ -275,16 +361,10 @@ static int put_decode (struct conduit *ctx,
         json_decref (obj);
         goto inval;
     }
-    if (!(*packet = json_pack ("{s:I s:o}", "id", ctx->next_id, "data", obj))
-        || (producer
-            && json_object_set_new (*packet,
-                                    "producer",
-                                    json_string (producer)) < 0)
-        || (producer
-            && json_object_set_new (*packet,
-                                    "seq",
-                                    json_integer (seq)) < 0)) {
-        json_decref (*packet);
+    json_decref (obj);
+    put->seq = seq;
+    put->producer = NULL;
+    if (producer && !(put->producer = json_dumps (producer, JSON_ENCODE_ANY))) {
         snprintf (errstr, errlen, "conduit.put: out of memory");
         errno = ENOMEM;
         return -1;
@@ -302,36 +382,41 @@ static void put_cb (flux_t *h,
 {
     struct conduit *ctx = arg;
     char errstr[256];
-    json_t *packet;
+    struct put put;
     struct held_put *p;
 
-    if (put_decode (ctx, msg, &packet, errstr, sizeof (errstr)) < 0)
+    if (put_decode (ctx, msg, &put, errstr, sizeof (errstr)) < 0)
         goto error;
     if (!ctx->attach) {
-        json_decref (packet);
         snprintf (errstr,
                   sizeof (errstr),
                   "conduit: no datastore is attached on rank %u",
                   (unsigned int)ctx->rank);
         errno = ENOTCONN;
-        goto error;
+        goto error_free;
     }
     if (ctx->held >= ctx->backlog) {
-        json_decref (packet);
         snprintf (errstr,
                   sizeof (errstr),
                   "conduit: %zu packets are already waiting for the "
                   "datastore (backlog); retry later",
                   ctx->held);
         errno = EAGAIN;
-        goto error;
+        goto error_free;
     }
-    if (!(p = calloc (1, sizeof (*p)))) {
-        json_decref (packet);
+    if (!(p = calloc (1, sizeof (*p)))
+        || outbox_add (&ctx->outbox,
+                       ctx->next_id,
+                       put.producer,
+                       put.seq,
+                       put.data,
+                       put.datalen) < 0) {
+        free (p);
         snprintf (errstr, sizeof (errstr), "conduit: out of memory");
         errno = ENOMEM;
-        goto error;
+        goto error_free;
     }
+    free (put.producer);
     p->id = ctx->next_id++;
     p->msg = flux_msg_incref (msg);
     if (ctx->tail)
@@ -341,10 +426,10 @@ static void put_cb (flux_t *h,
     ctx->tail = p;
     ctx->held++;
     ctx->received++;
-    if (outbox_append (ctx, packet) < 0)
-        flux_log_error (h, "error queueing packet %" JSON_INTEGER_FORMAT,
-                        p->id);
+    outbox_flush (ctx);
     return;
+error_free:
+    free (put.producer);
 error:
     ctx->rejected++;
     respond_error (ctx, msg, errno, errstr, "conduit.put");
@@ -361,7 +446,7 @@ static void attach_cb (flux_t *h,
     struct conduit *ctx = arg;
     json_int_t jobid = 0;
     char errstr[256];
-    json_t *test;
+    static const char test[] = "{\"test\":101}";
 
     if (flux_request_unpack (msg, NULL, "{s?I}", "jobid", &jobid) < 0) {
         snprintf (errstr, sizeof (errstr), "conduit.attach: bad payload");
@@ -390,9 +475,9 @@ static void attach_cb (flux_t *h,
               LOG_INFO,
               "datastore %" JSON_INTEGER_FORMAT " attached",
               jobid);
-    if (!(test = json_pack ("{s:I s:{s:i}}", "id", 0, "data", "test", 101))
-        || outbox_append (ctx, test) < 0)
+    if (outbox_add (&ctx->outbox, 0, NULL, 0, test, sizeof (test) - 1) < 0)
         flux_log_error (h, "error queueing the test packet");
+    outbox_flush (ctx);
     return;
 error:
     respond_error (ctx, msg, errno, errstr, "conduit.attach");
@@ -480,7 +565,7 @@ static void stats_cb (flux_t *h,
                            "attached", ctx->attach ? 1 : 0,
                            "datastore", ctx->datastore_jobid,
                            "held", (json_int_t)ctx->held,
-                           "queued", (json_int_t)json_array_size (ctx->outbox),
+                           "queued", (json_int_t)ctx->outbox.count,
                            "received", ctx->received,
                            "stored", ctx->stored,
                            "duplicates", ctx->duplicates,
@@ -572,7 +657,7 @@ static void conduit_destroy (struct conduit *ctx)
             flux_msg_decref (ctx->attach);
         }
         flux_msg_handler_delvec (ctx->handlers);
-        json_decref (ctx->outbox);
+        free (ctx->outbox.text);
         free (ctx);
         errno = saved_errno;
     }
@@ -589,7 +674,8 @@ static struct conduit *conduit_create (flux_t *h)
     ctx->max_data = default_max_data;
     ctx->backlog = default_backlog;
     ctx->next_id = 1;
-    if (!(ctx->outbox = json_array ())
+    outbox_clear (&ctx->outbox);
+    if (!ctx->outbox.text
         || flux_get_rank (h, &ctx->rank) < 0
         || flux_msg_handler_addvec (h, htab, ctx, &ctx->handlers) < 0)
         goto error;
