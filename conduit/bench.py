@@ -64,6 +64,8 @@ def summarize(kind: str, size: int, reports: list[dict[str, Any]]) -> Run:
 
 
 class Bench:
+    """One datastore for every conduit run; producers placed the same way for both paths."""
+
     def __init__(
         self, h: flux.Flux, packets: int, size: int, window: int, datastore_rank: int
     ) -> None:
@@ -73,10 +75,28 @@ class Bench:
         self.window = window
         self.rank = datastore_rank
         self.nranks = int(h.attr_get("size"))
+        self.datastore: flux.job.JobID | None = None
+        self.expected = 0  # packets the datastore must store in all
+        self.stored = 0  # as conduit.stats last said
         self.bar: Any = None
 
+    def start_datastore(self, total: int) -> None:
+        self.expected = total
+        argv = ["datastore", "--packets", str(total), "--fresh", "--quiet"]
+        self.datastore = submit(self.h, argv, "datastore", rank=self.rank)
+        wait_location(self.h, self.datastore, time.monotonic() + JOB_TIMEOUT)
+
+    def finish_datastore(self) -> None:
+        assert self.datastore is not None
+        text = "\n".join(attach_lines(self.datastore, time.monotonic() + JOB_TIMEOUT))
+        summary = [json.loads(line) for line in text.splitlines() if line.startswith('{"stored"')]
+        if not summary or summary[-1]["stored"] != self.expected or not output.parse(text).finished:
+            raise RuntimeError(
+                f"datastore {self.datastore.f58} did not store {self.expected} packets:\n{text}"
+            )
+
     def producers(self, topic: str, count: int) -> list[flux.job.JobID]:
-        start_at = time.time() + 1.0 + 0.1 * count  # all start together
+        start_at = time.time() + 0.6 + 0.15 * count  # all start together
         argv = [
             "produce", "--topic", topic, "--rank", str(self.rank),
             "--count", str(self.packets), "--size", str(self.size),
@@ -89,7 +109,8 @@ class Bench:
             for i in range(count)
         ]
 
-    def reports(self, jobs: list[flux.job.JobID], watch_stats: bool) -> list[dict[str, Any]]:
+    def run(self, kind: str, count: int) -> Run:
+        jobs = self.producers(PUT if kind == "conduit" else RAW_TOPIC, count)
         deadline = time.monotonic() + JOB_TIMEOUT
         shown = 0
         for jobid in jobs:
@@ -101,48 +122,42 @@ class Bench:
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"producer {jobid.f58} did not finish in time") from None
-                    if watch_stats:
-                        shown = self.show_stored(shown)
-        results = []
+                    if kind == "conduit":
+                        shown += self.poll_stored()
+        reports = []
         for jobid in jobs:
             lines = list(attach_lines(jobid, deadline))
             if not lines:
                 raise RuntimeError(f"producer {jobid.f58} printed no report")
-            results.append(json.loads(lines[-1]))
-        self.advance(len(jobs) * self.packets - shown if watch_stats else len(jobs) * self.packets)
-        return results
+            reports.append(json.loads(lines[-1]))
+        self.advance(count * self.packets - shown)
+        return summarize(kind, self.size, reports)
 
-    def show_stored(self, shown: int) -> int:
+    def poll_stored(self) -> int:
+        """Packets stored since the last poll (for the progress bar)."""
         try:
             stored = self.h.rpc(STATS, nodeid=self.rank).get()["stored"]
         except OSError:
-            return shown
-        self.advance(stored - shown)
-        return stored
+            return 0
+        self.advance(stored - self.stored)
+        new, self.stored = stored - self.stored, stored
+        return new
 
     def advance(self, n: int) -> None:
         if self.bar and n > 0:
             self.bar.update(advance=n)
 
-    def conduit_run(self, count: int) -> Run:
-        deadline = time.monotonic() + JOB_TIMEOUT
-        total = count * self.packets
-        datastore = submit(
-            self.h,
-            ["datastore", "--packets", str(total), "--fresh", "--quiet"],
-            "datastore",
-            rank=self.rank,
-        )
-        wait_location(self.h, datastore, deadline)
-        reports = self.reports(self.producers(PUT, count), watch_stats=True)
-        text = "\n".join(attach_lines(datastore, deadline))
-        summary = [json.loads(line) for line in text.splitlines() if line.startswith('{"stored"')]
-        if not summary or summary[-1]["stored"] != total or not output.parse(text).finished:
-            raise RuntimeError(f"datastore {datastore.f58} did not store {total} packets:\n{text}")
-        return summarize("conduit", self.size, reports)
 
-    def raw_run(self, count: int) -> Run:
-        return summarize("raw", self.size, self.reports(self.producers(RAW_TOPIC, count), False))
+def medians(runs: list[Run]) -> list[Run]:
+    """Per (path, P), the run of median throughput."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.kind, r.producers), []).append(r)
+    picked = []
+    for key in sorted(groups, key=lambda k: (k[1], k[0])):
+        ordered = sorted(groups[key], key=lambda r: r.per_second)
+        picked.append(ordered[(len(ordered) - 1) // 2])
+    return picked
 
 
 def table(runs: list[Run]) -> str:
@@ -203,6 +218,7 @@ def main(
     packets: int,
     size: int,
     window: int,
+    repeat: int,
     datastore_rank: int,
     json_path: str | None,
     plot_path: str | None,
@@ -213,23 +229,37 @@ def main(
     bench = Bench(h, packets, size, window, datastore_rank)
     config = {
         "producers": list(producers), "packets": packets, "size": size, "window": window,
-        "datastore_rank": datastore_rank, "ranks": bench.nranks, "raw_topic": RAW_TOPIC,
+        "repeat": repeat, "datastore_rank": datastore_rank, "ranks": bench.nranks,
+        "raw_topic": RAW_TOPIC,
     }  # fmt: skip
     if sys.stderr.isatty():
         bench.bar = flux.progress.ProgressBar(
-            total=2 * sum(producers) * packets, before="bench {count}/{total} packets ", style="bar"
+            total=2 * repeat * sum(producers) * packets,
+            before="bench {count}/{total} packets ",
+            style="bar",
         )
         bench.bar.start()
     runs = []
     try:
-        for count in producers:
-            runs.append(bench.conduit_run(count))
-            runs.append(bench.raw_run(count))
+        bench.start_datastore(repeat * sum(producers) * packets)
+        for round_ in range(repeat):
+            # alternate which path goes first, so that drift favours neither
+            kinds = ("conduit", "raw") if round_ % 2 == 0 else ("raw", "conduit")
+            for count in producers:
+                runs.extend(bench.run(kind, count) for kind in kinds)
+        bench.finish_datastore()
     finally:
         if bench.bar:
             bench.bar.stop()
-    results = {"config": config, "runs": [asdict(r) for r in runs], "ratio": ratios(runs)}
-    print(table(runs))
+    picked = medians(runs)
+    results = {
+        "config": config,
+        "runs": [asdict(r) for r in picked],
+        "ratio": ratios(picked),
+        "all_runs": [asdict(r) for r in runs],
+    }
+    print(f"median of {repeat} rounds; {packets} packets of {size} bytes per producer")
+    print(table(picked))
     for p, ratio in results["ratio"].items():
         print(f"P={p}: conduit/raw throughput = {ratio:.2f}")
     if json_path:

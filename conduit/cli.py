@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
         "--window", type=int, default=64, help="requests each producer keeps in flight (default 64)"
     )
     be.add_argument(
+        "--repeat", type=int, default=3, help="rounds; the median run is reported (default 3)"
+    )
+    be.add_argument(
         "--datastore-rank",
         type=int,
         default=0,
@@ -187,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conduit import bench
 
         return bench.main(
-            args.producers, args.packets, args.size, args.window, args.datastore_rank,
+            args.producers, args.packets, args.size, args.window, args.repeat,
+            args.datastore_rank,
             args.json, args.plot,
         )  # fmt: skip
     if args.command == "produce":

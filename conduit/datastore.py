@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +39,13 @@ from conduit.store import Packet, Store, log_line
 
 @dataclass
 class Commit:
-    """Packets stored together in one KVS commit, acknowledged together."""
+    """One batch on its way into the KVS; acknowledged once it and all before it are in."""
 
-    upto: int = -1  # highest packet id covered
-    lines: list[bytes] = field(default_factory=list)  # batches, as received
+    upto: int  # highest packet id in the batch
+    line: bytes  # the batch as received, one line of the log
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
+    done: bool = False
 
 
 class Datastore:
@@ -65,8 +67,7 @@ class Datastore:
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
         self.store = Store()
-        self.next_commit = Commit()
-        self.in_flight: Commit | None = None
+        self.in_flight: deque[Commit] = deque()  # in batch order
         self.attach: Any = None
         self.commits = 0
         self.segment = 0  # the log segment this datastore starts appending to
@@ -136,31 +137,29 @@ class Datastore:
             self.fail(f"the conduit closed the packet stream: {exc.strerror}")
             return
         f.reset()
-        pending = self.next_commit
-        pending.lines.append(log_line(text))
-        for packet in json.loads(text)["packets"]:
-            pending.upto = packet["id"]
+        if self.done:
+            return  # past the target: left unacknowledged, these fail at unload
+        packets = json.loads(text)["packets"]
+        commit = Commit(upto=packets[-1]["id"], line=log_line(text))
+        for packet in packets:
             if self.store.claim(packet):
-                pending.fresh.append(packet)
+                commit.fresh.append(packet)
             else:
-                pending.duplicates.append(packet["id"])
+                commit.duplicates.append(packet["id"])
                 print(
                     f"duplicate ignored: {packet['producer']} #{packet['seq']}",
                     file=sys.stderr,
                     flush=True,
                 )
-        self.start_commit()
+        self.in_flight.append(commit)
+        self.start_commit(commit)
 
-    def start_commit(self) -> None:
-        if self.in_flight or self.next_commit.upto < 0 or self.done:
-            return
-        commit, self.next_commit = self.next_commit, Commit()
-        self.in_flight = commit
+    def start_commit(self, commit: Commit) -> None:
+        """Append the batch to the log; batches commit concurrently, in order."""
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
-        blob = b"".join(commit.lines)
         key = f"{KVS_STORE}.{self.segment + self.commits // SEGMENT_COMMITS}"
         flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
+            txn.txn, flux.constants.FLUX_KVS_APPEND, key, commit.line, len(commit.line)
         )
         self.commits += 1
         txn.commit_async().then(self.on_committed, commit)
@@ -171,9 +170,13 @@ class Datastore:
         except OSError as exc:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
-        self.stored(commit)
+        commit.done = True
+        while self.in_flight and self.in_flight[0].done:
+            self.stored(self.in_flight.popleft())
+        if self.done and not self.in_flight:
+            self.h.reactor_stop()
 
-    # Packets stored: show, acknowledge, and go on or finish.
+    # Packets stored: show and acknowledge them.
     def stored(self, commit: Commit) -> None:
         for packet in commit.fresh:
             self.store.apply(packet)
@@ -186,12 +189,8 @@ class Datastore:
             {"upto": commit.upto, "duplicates": commit.duplicates},
             flags=flux.constants.FLUX_RPC_NORESPONSE,
         )
-        self.in_flight = None
         if self.reached_target():
             self.done = True
-            self.h.reactor_stop()
-            return
-        self.start_commit()
 
     def reached_target(self) -> bool:
         return 0 < self.packets <= self.store.count

@@ -37,7 +37,7 @@
 
 #define MAX_WINDOW 8
 
-static const size_t default_window = 2;
+static const size_t default_window = 4;
 static const size_t default_max_data = 65536;
 static const size_t default_backlog = 65536;
 
