@@ -62,7 +62,7 @@ def put(
         if location is None:
             problem = (
                 f"no datastore has published its location (KVS key {KVS_LOCATION}); "
-                "submit `python3 -m conduit datastore` first"
+                "submit one first: flux submit -N1 -n1 flux python -m conduit datastore"
             )
         else:
             where = (

@@ -45,7 +45,7 @@ def run(
         for line in attach_lines(datastore, deadline):
             print(line, flush=True)
             text.append(line)
-            if line == output.INITIALIZED:
+            if line == output.RUNNING:
                 for rank in compute_ranks(size, computes, ranks):
                     submitted.append(submit(h, ["compute", str(sleep)], "compute", rank))
                 print(

@@ -14,8 +14,8 @@
  * next batch, so batches grow with load while an idle conduit forwards
  * each packet at once.  A batch is JSON text built by appending each
  * packet's validated data as it came, so no packet is encoded twice.  Nothing here blocks the broker: a slow datastore
- * only makes the queue longer, up to 'backlog' held puts, after which
- * puts fail with EAGAIN.
+ * only makes the queue longer, up to 'backlog' held puts or
+ * 'backlog_bytes' of their data, after which puts fail with EAGAIN.
  *
  * Lifetime: the module serves one datastore.  When that datastore
  * disconnects (it exited, was cancelled or was killed), held puts fail
@@ -40,6 +40,7 @@
 static const size_t default_window = 4;
 static const size_t default_max_data = 65536;
 static const size_t default_backlog = 65536;
+static const size_t default_backlog_bytes = 64 * 1024 * 1024;
 
 /* The next batch for the datastore, as the text of its response payload:
  * {"packets":[{"id":N,"producer":"P","seq":S,"data":{...}},...]}
@@ -59,6 +60,7 @@ static const char batch_tail[] = "]}";
  */
 struct held_put {
     json_int_t id;
+    size_t bytes;
     const flux_msg_t *msg;
     struct held_put *next;
 };
@@ -70,6 +72,7 @@ struct conduit {
     size_t window;              // most batches sent and not yet acknowledged
     size_t max_data;            // largest accepted "data" string, in bytes
     size_t backlog;             // most puts held at once
+    size_t backlog_bytes;       // most data held at once, in bytes
     const flux_msg_t *attach;   // the datastore's streaming request, or NULL
     json_int_t datastore_jobid; // as the datastore declared it (0: not a job)
     json_int_t next_id;         // id of the next put
@@ -77,6 +80,7 @@ struct conduit {
     struct held_put *head;      // held puts, in id order
     struct held_put *tail;
     size_t held;
+    size_t held_bytes;
     json_int_t batch_last[MAX_WINDOW]; // last id of each unacked batch
     size_t batches;
     json_int_t sent_upto;       // highest id sent to the datastore
@@ -230,6 +234,7 @@ static void held_fail_all (struct conduit *ctx, const char *errstr)
     }
     ctx->tail = NULL;
     ctx->held = 0;
+    ctx->held_bytes = 0;
     ctx->batches = 0;
     outbox_clear (&ctx->outbox);
 }
@@ -395,12 +400,14 @@ static void put_cb (flux_t *h,
         errno = ENOTCONN;
         goto error_free;
     }
-    if (ctx->held >= ctx->backlog) {
+    if (ctx->held >= ctx->backlog
+        || ctx->held_bytes + put.datalen > ctx->backlog_bytes) {
         snprintf (errstr,
                   sizeof (errstr),
-                  "conduit: %zu packets are already waiting for the "
-                  "datastore (backlog); retry later",
-                  ctx->held);
+                  "conduit: %zu packets (%zu bytes) are already waiting for "
+                  "the datastore (backlog); retry later",
+                  ctx->held,
+                  ctx->held_bytes);
         errno = EAGAIN;
         goto error_free;
     }
@@ -418,6 +425,7 @@ static void put_cb (flux_t *h,
     }
     free (put.producer);
     p->id = ctx->next_id++;
+    p->bytes = put.datalen;
     p->msg = flux_msg_incref (msg);
     if (ctx->tail)
         ctx->tail->next = p;
@@ -425,6 +433,7 @@ static void put_cb (flux_t *h,
         ctx->head = p;
     ctx->tail = p;
     ctx->held++;
+    ctx->held_bytes += p->bytes;
     ctx->received++;
     outbox_flush (ctx);
     return;
@@ -532,9 +541,10 @@ static void ack_cb (flux_t *h,
         else
             ctx->stored++;
         ctx->head = p->next;
+        ctx->held--;
+        ctx->held_bytes -= p->bytes;
         flux_msg_decref (p->msg);
         free (p);
-        ctx->held--;
     }
     if (!ctx->head)
         ctx->tail = NULL;
@@ -624,6 +634,10 @@ static int conduit_parse_args (struct conduit *ctx, int argc, char **argv)
             if (parse_size (argv[i] + 8, &ctx->backlog) < 0)
                 goto inval;
         }
+        else if (strncmp (argv[i], "backlog-bytes=", 14) == 0) {
+            if (parse_size (argv[i] + 14, &ctx->backlog_bytes) < 0)
+                goto inval;
+        }
         else if (strncmp (argv[i], "window=", 7) == 0) {
             if (parse_size (argv[i] + 7, &ctx->window) < 0
                 || ctx->window > MAX_WINDOW)
@@ -636,7 +650,8 @@ static int conduit_parse_args (struct conduit *ctx, int argc, char **argv)
 inval:
     flux_log (ctx->h,
               LOG_ERR,
-              "%s: expected max-data=BYTES, backlog=PUTS or window=1..%d",
+              "%s: expected max-data=BYTES, backlog=PUTS, "
+              "backlog-bytes=BYTES or window=1..%d",
               argv[0] ? argv[0] : "(null)",
               MAX_WINDOW);
     errno = EINVAL;
@@ -673,6 +688,7 @@ static struct conduit *conduit_create (flux_t *h)
     ctx->window = default_window;
     ctx->max_data = default_max_data;
     ctx->backlog = default_backlog;
+    ctx->backlog_bytes = default_backlog_bytes;
     ctx->next_id = 1;
     outbox_clear (&ctx->outbox);
     if (!ctx->outbox.text

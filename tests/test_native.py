@@ -172,3 +172,45 @@ def test_datastore_killed_leaves_no_module_in_the_way(flux_instance: FluxInstanc
     result = flux_instance.datastore_output(second)
     assert flux_instance.attach(compute).returncode == 0
     assert result.finished
+
+
+STALLED_DATASTORE = """
+import errno, json, sys, flux, flux.constants
+h = flux.Flux()
+h.rpc("module.load", {"path": sys.argv[1], "args": ["backlog=3"], "exec": False}).get()
+attach = h.rpc("conduit.attach", {"jobid": 0}, flags=flux.constants.FLUX_RPC_STREAMING)
+attach.get()  # the test packet; this "datastore" never acknowledges anything
+puts = [h.rpc("conduit.put", {"data": json.dumps({"p": i})}) for i in range(4)]
+out = {}
+try:
+    puts[3].wait_for(5).get()
+    out["fourth"] = "accepted"
+except OSError as exc:  # TimeoutError too, if it were held
+    out["fourth"] = [exc.errno, exc.strerror]
+out["held_pending"] = []
+for f in puts[:3]:
+    try:
+        f.wait_for(0.5)
+        out["held_pending"].append(False)
+    except TimeoutError:
+        out["held_pending"].append(True)
+out["ping"] = "route" in h.rpc("broker.ping", {}).get()
+out["held"] = h.rpc("conduit.stats").get()["held"]
+h.rpc("module.remove", {"name": "conduit", "cancel": False}).get()
+out["after_unload"] = []
+for f in puts[:3]:
+    try:
+        f.get()
+    except OSError as exc:
+        out["after_unload"].append(exc.errno)
+print(json.dumps(out))
+"""
+
+
+def test_stalled_datastore_fills_the_backlog_without_blocking(flux_instance: FluxInstance) -> None:
+    result = json.loads(flux_instance.python(STALLED_DATASTORE, str(MODULE)).stdout)
+    assert result["fourth"][0] == 11  # EAGAIN, at once
+    assert "backlog" in result["fourth"][1]
+    assert result["held_pending"] == [True, True, True]
+    assert result["ping"] and result["held"] == 3
+    assert result["after_unload"] == [104, 104, 104]  # ECONNRESET

@@ -45,7 +45,8 @@ def stats(inst: FluxInstance, rank: int) -> dict[str, int]:
 def test_ten_producers_lose_and_duplicate_nothing(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=0)
     flux_instance.wait_ready(ds)
-    jobs = [flux_instance.submit("produce", "--count", "1000", rank=i % 3) for i in range(10)]
+    ranks = flux_instance.size
+    jobs = [flux_instance.submit("produce", "--count", "1000", rank=i % ranks) for i in range(10)]
     reports = producer_reports(flux_instance, jobs)
     store = durable_store(flux_instance)
     flux_instance.flux("cancel", ds)
