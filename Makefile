@@ -7,16 +7,21 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 MODULE = module/conduit.so
 
-# The compose testbed: NODES brokers (default 3; `make up NODES=N` remembers N).
+# The compose testbed: NODES brokers (default 3; `make up NODES=N` remembers N
+# for demo, down, logs and shell).  compose.yaml is the 3-node file; other
+# sizes use build/compose.N.yaml, generated the same way.
 COMPOSE ?= docker compose
 PROJECT ?= flux-conduit
 NODES ?= $(shell cat build/nodes 2>/dev/null || echo 3)
 COMPOSE_FILE = $(if $(filter 3,$(NODES)),compose.yaml,build/compose.$(NODES).yaml)
 DC = $(COMPOSE) -p $(PROJECT) -f $(COMPOSE_FILE)
 WAIT_TIMEOUT ?= 300
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help module test lint up demo down logs shell bench clean
+.PHONY: help module test lint up demo down logs shell bench bench-native bench-plot clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,7 +37,7 @@ $(MODULE): module/conduit.c
 	    $$($(PKG_CONFIG) --libs flux-core jansson)
 
 test: ## run the whole test suite (Flux and compose tests skip where those are missing)
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 lint: ## ruff over the Python
 	$(PYTHON) -m ruff check .
@@ -40,19 +45,34 @@ lint: ## ruff over the Python
 
 build/compose.%.yaml: conduit/testbed.py
 	@mkdir -p build
-	$(PYTHON) -m conduit.testbed --nodes $* > $@
+	$(PYTHON) -m conduit.testbed --nodes $* --context .. > $@
 
 up: $(COMPOSE_FILE) ## build the image, start NODES brokers, wait until all are online
 	@mkdir -p build && echo $(NODES) > build/nodes
 	$(DC) build
 	@start=$$(date +%s.%N); \
-	$(DC) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) || { $(DC) logs --tail=50; exit 1; }; \
+	$(DC) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) --remove-orphans \
+	    || { $(DC) logs --no-color --tail=50; exit 1; }; \
 	end=$$(date +%s.%N); \
-	echo "cluster ready: $(NODES) nodes online in $$(awk "BEGIN {printf \"%.1f\", $$end - $$start}")s"; \
+	echo "cluster ready: $(NODES) nodes online in $$(awk "BEGIN {printf \"%.1f\", $$end - $$start}")s"
 	$(DC) exec -T node0 flux resource list
 
 demo: ## the conduit demo inside node0; exit status says whether every packet arrived
-	$(DC) exec -T node0 flux python -m conduit demo
+	$(DC) exec -T node0 flux python -m conduit demo $(DEMO_ARGS)
+
+bench: ## the benchmark on the testbed; results in build/bench.json (plot: make bench-plot)
+	@mkdir -p build
+	$(DC) exec -T node0 flux python -m conduit bench --json /tmp/bench.json $(BENCH_ARGS)
+	$(DC) exec -T node0 cat /tmp/bench.json > build/bench.json
+	@echo "results: build/bench.json"
+
+bench-native: module ## the benchmark in a `flux start --test-size=3` here
+	@mkdir -p build
+	PYTHONPATH=$(CURDIR) flux start --test-size=3 flux python -m conduit bench \
+	    --json build/bench.json $(BENCH_ARGS)
+
+bench-plot: ## draw build/bench.json as build/bench.png (needs matplotlib)
+	$(PYTHON) -m conduit plot build/bench.json build/bench.png
 
 down: ## stop and remove the cluster, its network and its certificate volume
 	$(DC) down --volumes --remove-orphans --timeout 20

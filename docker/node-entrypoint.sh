@@ -12,18 +12,22 @@ case "$(hostname)" in
        exit 1 ;;
 esac
 
-# The certificate is made once per cluster, by node0, into the shared volume.
+# The certificate is made once per cluster, by node0, into the shared
+# volume; mv makes it appear whole to the other nodes.
 if [ "$(hostname)" = node0 ] && [ ! -s "$cert" ]; then
     umask 077
-    flux keygen "$cert.new" && mv "$cert.new" "$cert"
+    rm -f "$cert.new"
+    flux keygen "$cert.new" >/dev/null
+    chmod 0600 "$cert.new"
+    mv "$cert.new" "$cert"
 fi
 waited=0
 while [ ! -s "$cert" ]; do
     if [ "$waited" -ge 120 ]; then
-        echo "conduit-node: no $cert after 60s; is node0 running?" >&2
+        echo "conduit-node: no $cert after ${waited}s; is node0 running?" >&2
         exit 1
     fi
-    sleep 0.5
+    sleep 1
     waited=$((waited + 1))
 done
 
