@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 .PHONY: help module test lint up demo down logs shell bench bench-native bench-plot clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: NODES=$(NODES) PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)'"
 
 module: $(MODULE) ## build module/conduit.so against the installed flux-core

@@ -102,7 +102,10 @@ def parser() -> argparse.ArgumentParser:
         "--size", type=int, default=64, metavar="S", help="bytes of data per packet (default 64)"
     )
     be.add_argument(
-        "--window", type=int, default=64, help="requests each producer keeps in flight (default 64)"
+        "--window",
+        type=int,
+        default=256,
+        help="requests each producer keeps in flight, on both paths (default 256)",
     )
     be.add_argument(
         "--repeat", type=int, default=3, help="rounds; the median run is reported (default 3)"

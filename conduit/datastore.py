@@ -36,13 +36,18 @@ from conduit.protocol import (
 )
 from conduit.store import Packet, Store, log_line
 
+# One commit at a time measured best: a second one in flight halves the
+# batches, and the KVS spends about the same per commit whatever its size
+# (docs/performance.md).
+COMMITS_IN_FLIGHT = 1
+
 
 @dataclass
 class Commit:
-    """One batch on its way into the KVS; acknowledged once it and all before it are in."""
+    """Batches stored in one KVS commit; acknowledged once it and all before it are in."""
 
-    upto: int  # highest packet id in the batch
-    line: bytes  # the batch as received, one line of the log
+    upto: int = -1  # highest packet id in it
+    lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
     done: bool = False
@@ -67,6 +72,7 @@ class Datastore:
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
         self.store = Store()
+        self.next_commit = Commit()  # batches waiting for a commit slot
         self.in_flight: deque[Commit] = deque()  # in batch order
         self.attach: Any = None
         self.commits = 0
@@ -140,7 +146,9 @@ class Datastore:
         if self.done:
             return  # past the target: left unacknowledged, these fail at unload
         packets = json.loads(text)["packets"]
-        commit = Commit(upto=packets[-1]["id"], line=log_line(text))
+        commit = self.next_commit
+        commit.upto = packets[-1]["id"]
+        commit.lines.append(log_line(text))
         for packet in packets:
             if self.store.claim(packet):
                 commit.fresh.append(packet)
@@ -151,15 +159,24 @@ class Datastore:
                     file=sys.stderr,
                     flush=True,
                 )
-        self.in_flight.append(commit)
-        self.start_commit(commit)
+        self.start_commit()
 
-    def start_commit(self, commit: Commit) -> None:
-        """Append the batch to the log; batches commit concurrently, in order."""
+    def start_commit(self) -> None:
+        """Append the waiting batches to the log in one commit, if a slot is free.
+
+        While commits are in flight, batches gather in the next one, so
+        commits grow with load (group commit); each costs the KVS about
+        the same whatever its size.
+        """
+        if not self.next_commit.lines or len(self.in_flight) >= COMMITS_IN_FLIGHT:
+            return
+        commit, self.next_commit = self.next_commit, Commit()
+        self.in_flight.append(commit)
+        blob = b"".join(commit.lines)
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
         key = f"{KVS_STORE}.{self.segment + self.commits // SEGMENT_COMMITS}"
         flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, key, commit.line, len(commit.line)
+            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
         )
         self.commits += 1
         txn.commit_async().then(self.on_committed, commit)
@@ -175,6 +192,8 @@ class Datastore:
             self.stored(self.in_flight.popleft())
         if self.done and not self.in_flight:
             self.h.reactor_stop()
+        else:
+            self.start_commit()
 
     # Packets stored: show and acknowledge them.
     def stored(self, commit: Commit) -> None:
