@@ -187,16 +187,18 @@ def plot(results: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (thr, lat) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, style in (("conduit", "o-"), ("raw", "s--")):
+    for kind, color in (("conduit", "C0"), ("raw", "C1")):
         runs = [r for r in results["runs"] if r["kind"] == kind]
         ps = [r["producers"] for r in runs]
-        thr.plot(ps, [r["per_second"] for r in runs], style, label=kind)
-        lat.plot(ps, [r["p50_ms"] for r in runs], style, label=f"{kind} p50")
-        lat.plot(ps, [r["p99_ms"] for r in runs], style, alpha=0.5, label=f"{kind} p99")
+        thr.plot(ps, [r["per_second"] for r in runs], "o-", color=color, label=kind)
+        lat.plot(ps, [r["p50_ms"] for r in runs], "o-", color=color, label=f"{kind} p50")
+        lat.plot(ps, [r["p99_ms"] for r in runs], "o:", color=color, label=f"{kind} p99")
     c = results["config"]
     thr.set(xlabel="producers (P)", ylabel="packets/s", title=f"throughput, S={c['size']} B")
     lat.set(xlabel="producers (P)", ylabel="ms", title="latency, put to stored")
     for ax in (thr, lat):
+        ax.set_xticks(c["producers"])
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -67,7 +67,10 @@ def parser() -> argparse.ArgumentParser:
         "demo", help="inside an instance: a datastore, N computes, the attach stream"
     )
     de.add_argument(
-        "--computes", type=int, default=5, metavar="N", help="number of computes (default 5)"
+        "--computes",
+        type=int,
+        metavar="N",
+        help="number of computes (default 5, or one per rank if the instance has more)",
     )
     de.add_argument(
         "--datastore-rank", type=int, metavar="RANK", help="run the datastore on this rank"

@@ -26,7 +26,7 @@ def compute_ranks(size: int, count: int, ranks: Sequence[int] | None) -> list[in
 
 
 def run(
-    computes: int,
+    computes: int | None,
     datastore_rank: int | None,
     ranks: Sequence[int] | None,
     sleep: float,
@@ -34,6 +34,8 @@ def run(
 ) -> int:
     h = flux.Flux()
     size = int(h.attr_get("size"))
+    if computes is None:
+        computes = max(5, size)
     deadline = time.monotonic() + timeout
     datastore = submit(
         h, ["datastore", "--packets", str(computes), "--fresh"], "datastore", datastore_rank

@@ -15,7 +15,7 @@ def test_commands_and_defaults() -> None:
     args = parser().parse_args(["datastore"])
     assert (args.packets, args.fresh, args.quiet) == (5, False, False)
     args = parser().parse_args(["demo", "--compute-ranks", "0,1"])
-    assert (args.computes, args.compute_ranks) == (5, [0, 1])
+    assert (args.computes, args.compute_ranks) == (None, [0, 1])  # None: max(5, ranks)
 
 
 def test_bad_ranks_are_a_usage_error() -> None:
