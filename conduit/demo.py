@@ -63,12 +63,25 @@ def run(
     return verify(h, output.parse("\n".join(text)), submitted, computes)
 
 
+def why_failed(h: flux.Flux, jobid: flux.job.JobID) -> str | None:
+    """None if the job exited 0, else how it ended and where."""
+    flux.job.result(h, jobid)  # wait for it
+    job = flux.job.get_job(h, jobid)
+    if job.get("returncode") == 0:
+        return None
+    if job.get("exception_occurred"):
+        how = f"{job['exception_type']} exception: {job.get('exception_note') or 'no note'}"
+    else:
+        how = f"exit code {job.get('returncode')}"
+    return f"{jobid.f58} on {job.get('nodelist') or 'no node'} ({how})"
+
+
 def verify(
     h: flux.Flux, result: output.DatastoreOutput, computes: list[flux.job.JobID], want: int
 ) -> int:
     keys = list(result.final_store)
     missing = [j for j in computes if not any(k.endswith(f"-{j.f58plain}") for k in keys)]
-    failed = [j for j in computes if flux.job.result(h, j).returncode != 0]
+    failed = [why for why in (why_failed(h, j) for j in computes) if why]
     ok = len(computes) == want and result.finished and not missing and not failed
     stored = len(computes) - len(missing)
     summary = f"demo: {stored} of {want} compute packets in the final store"
@@ -77,6 +90,6 @@ def verify(
     if missing:
         summary += f"; missing: {' '.join(j.f58 for j in missing)}"
     if failed:
-        summary += f"; failed computes: {' '.join(j.f58 for j in failed)}"
+        summary += f"; failed computes: {', '.join(failed)}"
     print(summary, file=sys.stdout if ok else sys.stderr, flush=True)
     return 0 if ok else 1
