@@ -20,6 +20,7 @@ import flux
 import flux.job
 import flux.kvs
 
+from conduit import kvsdir
 from conduit.protocol import KVS_COMPUTES, KVS_LOCATION, KVS_NAMESPACE, PUT, RETRYABLE_ERRNOS
 
 
@@ -32,14 +33,6 @@ def job_name() -> str:
     if "FLUX_JOB_ID" in os.environ:
         return flux.job.JobID(os.environ["FLUX_JOB_ID"]).f58plain
     return f"pid{os.getpid()}@{socket.gethostname()}"
-
-
-def locate_datastore(h: flux.Flux) -> dict[str, Any] | None:
-    try:
-        location = flux.kvs.get(h, KVS_LOCATION, namespace=KVS_NAMESPACE)
-    except FileNotFoundError:
-        return None
-    return location if isinstance(location, dict) else None
 
 
 def put(
@@ -58,7 +51,7 @@ def put(
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
-        location = locate_datastore(h)
+        location = kvsdir.location(h)
         if location is None:
             problem = (
                 f"no datastore has published its location (KVS key {KVS_LOCATION}); "

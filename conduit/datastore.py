@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +22,8 @@ import flux
 import flux.constants
 import flux.job
 import flux.kvs
-from flux.core.inner import ffi
 
-from conduit import broker_module, output
+from conduit import broker_module, kvsdir, output
 from conduit.protocol import (
     ACK,
     ATTACH,
@@ -33,24 +31,19 @@ from conduit.protocol import (
     KVS_NAMESPACE,
     KVS_STORE,
     SEGMENT_COMMITS,
+    STATS,
 )
 from conduit.store import Packet, Store, log_line
-
-# One commit at a time measured best: a second one in flight halves the
-# batches, and the KVS spends about the same per commit whatever its size
-# (docs/performance.md).
-COMMITS_IN_FLIGHT = 1
 
 
 @dataclass
 class Commit:
-    """Batches stored in one KVS commit; acknowledged once it and all before it are in."""
+    """Batches stored in one KVS commit, and acknowledged together."""
 
     upto: int = -1  # highest packet id in it
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
-    done: bool = False
 
 
 class Datastore:
@@ -72,8 +65,8 @@ class Datastore:
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
         self.store = Store()
-        self.next_commit = Commit()  # batches waiting for a commit slot
-        self.in_flight: deque[Commit] = deque()  # in batch order
+        self.next_commit = Commit()  # batches waiting for the commit in flight
+        self.in_flight: Commit | None = None
         self.attach: Any = None
         self.commits = 0
         self.segment = 0  # the log segment this datastore starts appending to
@@ -85,6 +78,7 @@ class Datastore:
 
     def run(self) -> int:
         self.say(output.STARTING)
+        self.refuse_if_served()
         self.resume_or_reset()
         broker_module.load(self.h, self.module_path, self.module_args)
         self.say(output.LOADED)
@@ -113,15 +107,29 @@ class Datastore:
             broker_module.remove(self.h)
         return self.exit_code
 
+    def refuse_if_served(self) -> None:
+        """One datastore per instance: stop if the published one is alive."""
+        location = kvsdir.location(self.h)
+        if location is None:
+            return
+        try:
+            stats = self.h.rpc(STATS, nodeid=location["rank"]).get()
+        except OSError:
+            return  # no conduit there: left by a datastore that is gone
+        if stats["attached"]:
+            raise broker_module.ModuleError(
+                f"datastore job {flux.job.JobID(stats['datastore']).f58} already serves "
+                f"the conduit on rank {stats['rank']}; cancel it first"
+            )
+
     def resume_or_reset(self) -> None:
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
         if self.fresh:
             txn.unlink(KVS_STORE)
             txn.commit()
             return
-        segments = log_segments(self.h)
+        self.store, segments = kvsdir.load_store(self.h)
         if segments:
-            self.store = Store.from_log(b"".join(kvs_get_raw(self.h, k) for k in segments))
             self.segment = int(segments[-1].rsplit(".", 1)[1]) + 1
             self.say(
                 f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
@@ -162,16 +170,17 @@ class Datastore:
         self.start_commit()
 
     def start_commit(self) -> None:
-        """Append the waiting batches to the log in one commit, if a slot is free.
+        """Append the waiting batches to the log in one commit, if none is in flight.
 
-        While commits are in flight, batches gather in the next one, so
-        commits grow with load (group commit); each costs the KVS about
-        the same whatever its size.
+        While a commit is in flight, batches gather in the next one, so
+        commits grow with load (group commit).  One at a time measured
+        best: the KVS spends about the same per commit whatever its size
+        (docs/performance.md).
         """
-        if not self.next_commit.lines or len(self.in_flight) >= COMMITS_IN_FLIGHT:
+        if not self.next_commit.lines or self.in_flight:
             return
         commit, self.next_commit = self.next_commit, Commit()
-        self.in_flight.append(commit)
+        self.in_flight = commit
         blob = b"".join(commit.lines)
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
         key = f"{KVS_STORE}.{self.segment + self.commits // SEGMENT_COMMITS}"
@@ -187,10 +196,9 @@ class Datastore:
         except OSError as exc:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
-        commit.done = True
-        while self.in_flight and self.in_flight[0].done:
-            self.stored(self.in_flight.popleft())
-        if self.done and not self.in_flight:
+        self.in_flight = None
+        self.stored(commit)
+        if self.done:
             self.h.reactor_stop()
         else:
             self.start_commit()
@@ -228,13 +236,8 @@ class Datastore:
         self.say(output.FINISHED)
 
     def location_is_mine(self) -> bool:
-        try:
-            return (
-                flux.kvs.get(self.h, KVS_LOCATION, namespace=KVS_NAMESPACE).get("jobid")
-                == self.jobid
-            )
-        except FileNotFoundError:
-            return False
+        location = kvsdir.location(self.h)
+        return location is not None and location.get("jobid") == self.jobid
 
     def fail(self, message: str) -> None:
         print(f"conduit datastore: {message}", file=sys.stderr, flush=True)
@@ -250,32 +253,9 @@ class Datastore:
         h.reactor_stop()
 
 
-def log_segments(h: flux.Flux) -> list[str]:
-    """The keys of the store's log segments, in order."""
-    try:
-        names = list(flux.kvs.get_dir(h, KVS_STORE, namespace=KVS_NAMESPACE).keys())
-    except FileNotFoundError:
-        return []
-    return [f"{KVS_STORE}.{n}" for n in sorted(names, key=int)]
-
-
-def kvs_get_raw(h: flux.Flux, key: str) -> bytes:
-    """A KVS value as bytes; FileNotFoundError if there is no such key."""
-    future = flux.kvs.RAW.flux_kvs_lookup(h, KVS_NAMESPACE, 0, key)
-    data = ffi.new("const void *[1]")
-    size = ffi.new("size_t [1]")
-    try:
-        flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
-        return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
-    finally:
-        flux.kvs.RAW.flux_future_destroy(future)
-
-
 def show_store() -> int:
     """Print the durable store in the KVS as one JSON line."""
-    h = flux.Flux()
-    segments = log_segments(h)
-    store = Store.from_log(b"".join(kvs_get_raw(h, k) for k in segments))
+    store, segments = kvsdir.load_store(flux.Flux())
     print(json.dumps({"packets": store.count, "segments": len(segments), "store": store.data}))
     return 0
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import flux
 import flux.job
-import flux.kvs
 
-from conduit.protocol import KVS_LOCATION, KVS_NAMESPACE
+from conduit import kvsdir
 
 
 def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None) -> flux.job.JobID:
@@ -67,12 +66,9 @@ def attach_lines(jobid: flux.job.JobID, deadline: float) -> Iterator[str]:
 def wait_location(h: flux.Flux, jobid: flux.job.JobID, deadline: float) -> dict[str, Any]:
     """Wait until datastore `jobid` has published its location in the KVS."""
     while time.monotonic() < deadline:
-        try:
-            location = flux.kvs.get(h, KVS_LOCATION, namespace=KVS_NAMESPACE)
-            if isinstance(location, dict) and location.get("jobid") == int(jobid):
-                return location
-        except FileNotFoundError:
-            pass
+        location = kvsdir.location(h)
+        if location is not None and location.get("jobid") == int(jobid):
+            return location
         if flux.job.get_job(h, jobid)["state"] == "INACTIVE":
             raise RuntimeError(f"datastore job {jobid.f58} ended before it was ready")
         time.sleep(0.1)

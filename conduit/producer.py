@@ -20,7 +20,8 @@ from typing import Any
 import flux
 import flux.job
 
-from conduit.compute import job_name, locate_datastore
+from conduit import kvsdir
+from conduit.compute import job_name
 from conduit.protocol import PUT, RETRYABLE_ERRNOS
 
 
@@ -68,7 +69,7 @@ class Producer:
             if self.rank is None:
                 raise OSError(0, f"{self.topic} needs --rank")
             return self.rank
-        location = locate_datastore(self.h)
+        location = kvsdir.location(self.h)
         if location is None:
             raise OSError(0, "no datastore location in the KVS")
         return int(location["rank"])

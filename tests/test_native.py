@@ -214,3 +214,17 @@ def test_stalled_datastore_fills_the_backlog_without_blocking(flux_instance: Flu
     assert result["held_pending"] == [True, True, True]
     assert result["ping"] and result["held"] == 3
     assert result["after_unload"] == [104, 104, 104]  # ECONNRESET
+
+
+def test_a_second_datastore_is_refused_and_the_first_keeps_its_store(
+    flux_instance: FluxInstance,
+) -> None:
+    first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
+    flux_instance.wait_ready(first)
+    second = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
+    refused = flux_instance.attach(second)
+    assert refused.returncode == 1
+    assert "already serves the conduit on rank 0; cancel it first" in refused.stderr
+    [put] = put_all(flux_instance, 0, [{"data": '{"kept": 1}'}])
+    assert put["ok"] == {"id": 1, "duplicate": False}
+    assert flux_instance.datastore_output(first).final_store == {"test": 101, "kept": 1}
