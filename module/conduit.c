@@ -9,13 +9,15 @@
  * conduit.ack; only then does the module respond to the puts, so an
  * acknowledged put is a stored packet.
  *
- * Batching: at most 'window' batches are outstanding to the
- * datastore.  Puts arriving meanwhile queue and leave together in the
- * next batch, so batches grow with load while an idle conduit forwards
- * each packet at once.  A batch is JSON text built by appending each
- * packet's validated data as it came, so no packet is encoded twice.  Nothing here blocks the broker: a slow datastore
- * only makes the queue longer, up to 'backlog' held puts or
- * 'backlog_bytes' of their data, after which puts fail with EAGAIN.
+ * Batching: at most 'window' batches are outstanding to the datastore.
+ * Puts arriving meanwhile queue and leave together in the next batch, so
+ * batches grow with load while an idle conduit forwards each packet at
+ * once.  A batch is JSON text built by appending each packet's validated
+ * data as it came, so no packet is encoded twice.
+ *
+ * Nothing here blocks the broker: a slow datastore only makes the queue
+ * longer, up to 'backlog' held puts or 'backlog_bytes' of their data,
+ * after which puts fail with EAGAIN.
  *
  * Lifetime: the module serves one datastore.  When that datastore
  * disconnects (it exited, was cancelled or was killed), held puts fail
@@ -26,12 +28,10 @@
  */
 
 #include <errno.h>
-#include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <flux/core.h>
 #include <jansson.h>
 
