@@ -203,10 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "produce":
         from conduit import producer
 
-        return producer.main(
-            args.topic, args.rank, args.count, args.size, args.window, args.retry_for,
-            args.start_at,
-        )  # fmt: skip
+        load = producer.Load(
+            args.topic, args.rank, args.count, args.size, args.window, args.retry_for
+        )
+        return producer.main(load, args.start_at)
     from conduit import demo
 
     return demo.run(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import flux
@@ -31,32 +32,35 @@ def packet_data(producer: str, seq: int, size: int) -> str:
     return json.dumps({f"{producer}-{seq}": "x" * max(size - len(head), 0)})
 
 
+@dataclass
+class Load:
+    """What a producer sends, and how."""
+
+    topic: str
+    rank: int | None  # destination for topics other than conduit.put
+    count: int
+    size: int
+    window: int  # requests in flight
+    retry_for: float  # seconds to resend retryable failures (0: never)
+
+
 class Producer:
-    def __init__(
-        self,
-        h: flux.Flux,
-        topic: str,
-        rank: int | None,
-        count: int,
-        size: int,
-        window: int,
-        retry_for: float,
-    ) -> None:
+    def __init__(self, h: flux.Flux, load: Load) -> None:
         self.h = h
-        self.topic = topic
-        self.rank = rank
-        self.count = count
-        self.size = size
-        self.window = window
-        self.retry_for = retry_for
+        self.topic = load.topic
+        self.rank = load.rank
+        self.count = load.count
+        self.size = load.size
+        self.window = load.window
+        self.retry_for = load.retry_for
         self.name = job_name()
         self.next_seq = 1
         self.acked = 0
         self.duplicates = 0
         self.retries = 0
         self.errors: dict[str, int] = {}
-        self.latency = [0.0] * count
-        self.sent_at = [0.0] * count
+        self.latency = [0.0] * load.count
+        self.sent_at = [0.0] * load.count
         self.retry_queue: list[int] = []
         self.deadline = 0.0
         self.timer: Any = None
@@ -150,22 +154,14 @@ class Producer:
         }
 
 
-def main(
-    topic: str,
-    rank: int | None,
-    count: int,
-    size: int,
-    window: int,
-    retry_for: float,
-    start_at: float,
-) -> int:
+def main(load: Load, start_at: float) -> int:
     h = flux.Flux()
     if start_at:
         time.sleep(max(start_at - time.time(), 0))
     try:
-        report = Producer(h, topic, rank, count, size, window, retry_for).run()
+        report = Producer(h, load).run()
     except OSError as exc:
         print(f"conduit produce: {exc.strerror}", file=sys.stderr)
         return 1
     print(json.dumps(report), flush=True)
-    return 0 if report["acked"] == count else 1
+    return 0 if report["acked"] == load.count else 1
