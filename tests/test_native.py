@@ -20,7 +20,9 @@ def compute_keys(store: dict[str, object], jobids: list[str], inst: FluxInstance
 
 
 def test_demo_end_to_end(flux_instance: FluxInstance) -> None:
-    demo = flux_instance.flux("python", "-m", "conduit", "demo", "--sleep", "0", timeout=180)
+    demo = flux_instance.flux(
+        "python", "-m", "conduit", "demo", "--computes", "5", "--sleep", "0", timeout=180
+    )
     result = output.parse(demo.stdout)
     assert result.lines[:4] == [output.STARTING, output.LOADED, output.INITIALIZED, output.RUNNING]
     assert result.waits == 6  # the test packet, then five computes
