@@ -77,7 +77,6 @@ class Bench:
         self.nranks = int(h.attr_get("size"))
         self.datastore: flux.job.JobID | None = None
         self.expected = 0  # packets the datastore must store in all
-        self.stored = 0  # as conduit.stats last said
         self.bar: Any = None
 
     def start_datastore(self, total: int) -> None:
@@ -112,6 +111,8 @@ class Bench:
     def run(self, kind: str, count: int) -> Run:
         jobs = self.producers(PUT if kind == "conduit" else RAW_TOPIC, count)
         deadline = time.monotonic() + JOB_TIMEOUT
+        total = count * self.packets
+        base = self.stored() if kind == "conduit" else None  # progress of conduit runs
         shown = 0
         for jobid in jobs:
             finished = flux.job.result_async(self.h, jobid)
@@ -122,26 +123,28 @@ class Bench:
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"producer {jobid.f58} did not finish in time") from None
-                    if kind == "conduit":
-                        shown += self.poll_stored()
+                    if base is not None and (stored := self.stored()) is not None:
+                        now = min(stored - base, total)
+                        self.advance(now - shown)
+                        shown = max(shown, now)
         reports = []
         for jobid in jobs:
             lines = list(attach_lines(jobid, deadline))
             if not lines:
                 raise RuntimeError(f"producer {jobid.f58} printed no report")
             reports.append(json.loads(lines[-1]))
-        self.advance(count * self.packets - shown)
+        self.advance(total - shown)
         return summarize(kind, self.size, reports)
 
-    def poll_stored(self) -> int:
-        """Packets stored since the last poll (for the progress bar)."""
+    def stored(self) -> int | None:
+        """Packets the conduit has stored so far, in all runs.
+
+        None once the datastore has its count and has removed the module.
+        """
         try:
-            stored = self.h.rpc(STATS, nodeid=self.rank).get()["stored"]
+            return int(self.h.rpc(STATS, nodeid=self.rank).get()["stored"])
         except OSError:
-            return 0
-        self.advance(stored - self.stored)
-        new, self.stored = stored - self.stored, stored
-        return new
+            return None
 
     def advance(self, n: int) -> None:
         if self.bar and n > 0:
@@ -241,7 +244,7 @@ def main(
             style="bar",
         )
         bench.bar.start()
-    runs = []
+    runs: list[Run] = []
     try:
         bench.start_datastore(repeat * sum(producers) * packets)
         for round_ in range(repeat):
@@ -254,7 +257,7 @@ def main(
         if bench.bar:
             bench.bar.stop()
     picked = medians(runs)
-    results = {
+    results: dict[str, Any] = {
         "config": config,
         "runs": [asdict(r) for r in picked],
         "ratio": ratios(picked),

@@ -103,9 +103,9 @@ def test_bad_puts_get_clear_errors_and_the_next_put_succeeds(flux_instance: Flux
         assert "error" in result, f"{payload} was accepted"
         assert message in str(result["error"]), result
     assert results[-1]["ok"] == {"id": 1, "duplicate": False}
-    result = flux_instance.datastore_output(ds)
-    assert result.final_store == {"test": 101, "good": 1}
-    assert result.finished
+    stored = flux_instance.datastore_output(ds)
+    assert stored.final_store == {"test": 101, "good": 1}
+    assert stored.finished
 
 
 def test_put_without_a_datastore_is_refused(flux_instance: FluxInstance) -> None:
