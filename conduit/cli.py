@@ -9,7 +9,36 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+
+def whole(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {least}, not {text!r}")
+        return value
+
+    return parse
+
+
+count = whole(0)
+positive = whole(1)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, not {text!r}")
+    return value
 
 
 def ranks(text: str) -> list[int]:
@@ -29,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datastore", help="run as a Flux job: load the module, keep the store")
     ds.add_argument(
         "--packets",
-        type=int,
+        type=count,
         default=5,
         metavar="N",
         help="finish after N compute packets are stored (0: run until cancelled; default 5)",
@@ -55,10 +84,10 @@ def parser() -> argparse.ArgumentParser:
     co = sub.add_parser(
         "compute", help="run as a Flux job: put one packet, wait for it to be stored, sleep"
     )
-    co.add_argument("seconds", type=float, help="seconds to sleep after the packet is stored")
+    co.add_argument("seconds", type=seconds, help="seconds to sleep after the packet is stored")
     co.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=30.0,
         help="give up if no datastore stores the packet within this many seconds (default 30)",
     )
@@ -68,12 +97,12 @@ def parser() -> argparse.ArgumentParser:
     )
     de.add_argument(
         "--computes",
-        type=int,
+        type=positive,
         metavar="N",
         help="number of computes (default 5, or one per rank if the instance has more)",
     )
     de.add_argument(
-        "--datastore-rank", type=int, metavar="RANK", help="run the datastore on this rank"
+        "--datastore-rank", type=count, metavar="RANK", help="run the datastore on this rank"
     )
     de.add_argument(
         "--compute-ranks",
@@ -82,10 +111,13 @@ def parser() -> argparse.ArgumentParser:
         help="spread the computes over these ranks (default: all ranks)",
     )
     de.add_argument(
-        "--sleep", type=float, default=1.0, help="seconds each compute sleeps (default 1)"
+        "--sleep", type=seconds, default=1.0, help="seconds each compute sleeps (default 1)"
     )
     de.add_argument(
-        "--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)"
+        "--timeout",
+        type=seconds,
+        default=120.0,
+        help="give up after this many seconds (default 120)",
     )
 
     be = sub.add_parser(
@@ -99,23 +131,31 @@ def parser() -> argparse.ArgumentParser:
         help="producer counts to run (default 1,2,4)",
     )
     be.add_argument(
-        "--packets", type=int, default=2000, metavar="M", help="packets per producer (default 2000)"
+        "--packets",
+        type=positive,
+        default=2000,
+        metavar="M",
+        help="packets per producer (default 2000)",
     )
     be.add_argument(
-        "--size", type=int, default=64, metavar="S", help="bytes of data per packet (default 64)"
+        "--size",
+        type=positive,
+        default=64,
+        metavar="S",
+        help="bytes of data per packet (default 64)",
     )
     be.add_argument(
         "--window",
-        type=int,
+        type=positive,
         default=256,
         help="requests each producer keeps in flight, on both paths (default 256)",
     )
     be.add_argument(
-        "--repeat", type=int, default=3, help="rounds; the median run is reported (default 3)"
+        "--repeat", type=positive, default=3, help="rounds; the median run is reported (default 3)"
     )
     be.add_argument(
         "--datastore-rank",
-        type=int,
+        type=count,
         default=0,
         metavar="RANK",
         help="rank of the datastore and of the echo (default 0)",
@@ -131,20 +171,22 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--topic", default="conduit.put", help="conduit.put, or an echo such as broker.ping"
     )
-    pr.add_argument("--rank", type=int, help="destination rank for topics other than conduit.put")
-    pr.add_argument("--count", type=int, default=1000, help="packets to send (default 1000)")
-    pr.add_argument("--size", type=int, default=64, help="bytes of data per packet (default 64)")
-    pr.add_argument("--window", type=int, default=64, help="requests in flight (default 64)")
+    pr.add_argument("--rank", type=count, help="destination rank for topics other than conduit.put")
+    pr.add_argument("--count", type=positive, default=1000, help="packets to send (default 1000)")
+    pr.add_argument(
+        "--size", type=positive, default=64, help="bytes of data per packet (default 64)"
+    )
+    pr.add_argument("--window", type=positive, default=64, help="requests in flight (default 64)")
     pr.add_argument(
         "--retry-for",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="resend packets refused by a restarting datastore for this long",
     )
     pr.add_argument(
         "--start-at",
-        type=float,
+        type=seconds,
         default=0.0,
         metavar="EPOCH",
         help="wait until this time before sending",

@@ -33,3 +33,20 @@ def test_python_without_flux_gets_one_clear_line() -> None:
     assert done.returncode == 2
     [line] = done.stderr.strip().splitlines()
     assert "cannot import flux" in line and "flux python" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["datastore", "--packets", "-1"],
+        ["compute", "-2"],
+        ["compute", "nan"],
+        ["demo", "--computes", "0"],
+        ["bench", "--window", "0"],
+        ["produce", "--count", "x"],
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        parser().parse_args(argv)
+    assert exit.value.code == 2
