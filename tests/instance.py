@@ -40,8 +40,9 @@ class FluxInstance:
     _proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, size: int = 3, timeout: float = 60) -> FluxInstance:
-        if os.environ.get("FLUX_URI"):
+    def start(cls, size: int = 3, timeout: float = 60, own: bool = False) -> FluxInstance:
+        """The instance the tests run in, if any (unless `own`), else a new one."""
+        if os.environ.get("FLUX_URI") and not own:
             env = cls._env(os.environ["FLUX_URI"])
             got = subprocess.run(
                 ["flux", "getattr", "size"], env=env, capture_output=True, text=True, timeout=30

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 
 from conduit import output
-from tests.instance import MODULE, FluxInstance
+from tests.instance import MODULE, REPO, FluxInstance
 
 pytestmark = pytest.mark.flux
 
@@ -230,3 +231,28 @@ def test_a_second_datastore_is_refused_and_the_first_keeps_its_store(
     [put] = put_all(flux_instance, 0, [{"data": '{"kept": 1}'}])
     assert put["ok"] == {"id": 1, "duplicate": False}
     assert flux_instance.datastore_output(first).final_store == {"test": 101, "kept": 1}
+
+
+def test_two_instances_on_one_host_do_not_collide(flux_instance: FluxInstance) -> None:
+    other = FluxInstance.start(size=3, own=True)
+    try:
+        demos = [
+            subprocess.Popen(
+                ["flux", "python", "-m", "conduit", "demo", "--computes", "5", "--sleep", "0"],
+                env=inst.env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for inst in (flux_instance, other)
+        ]
+        outputs = [demo.communicate(timeout=180) for demo in demos]
+    finally:
+        other.stop()
+    for demo, (out, err) in zip(demos, outputs):
+        assert demo.returncode == 0, err
+        assert out.splitlines()[-1] == "demo: 5 of 5 compute packets in the final store"
+    # each instance's store holds its own computes' packets only
+    stores = [output.parse(out).final_store for out, _ in outputs]
+    assert not (set(stores[0]) & set(stores[1])) - {"test"}
