@@ -27,6 +27,7 @@ from conduit import broker_module, kvsdir, output
 from conduit.protocol import (
     ACK,
     ATTACH,
+    KVS_COMPUTES,
     KVS_LOCATION,
     KVS_NAMESPACE,
     KVS_STORE,
@@ -227,6 +228,7 @@ class Datastore:
         broker_module.remove(self.h)
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
         txn.unlink(KVS_STORE)
+        txn.unlink(KVS_COMPUTES)  # the finished run's check-ins
         if self.location_is_mine():
             txn.unlink(KVS_LOCATION)
         txn.commit()
