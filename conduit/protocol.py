@@ -13,7 +13,6 @@ STATS = "conduit.stats"
 # The KVS directory of the conduit, in the instance's primary namespace
 # (a job's own KVS calls default to its job namespace).
 KVS_NAMESPACE = "primary"
-KVS_DIR = "conduit"
 KVS_LOCATION = "conduit.datastore"  # {"rank", "jobid", "host"} of the live datastore
 # The store's log: a directory of segments 0, 1, ...; each holds the
 # batches of up to SEGMENT_COMMITS commits as JSON lines.  Appending to one

@@ -17,7 +17,7 @@ from typing import Any
 
 import flux
 
-MAX_DATA = 65536
+from conduit.protocol import MAX_DATA
 
 
 def value(rng: random.Random, depth: int = 0) -> Any:

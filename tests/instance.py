@@ -143,8 +143,9 @@ class FluxInstance:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.flux("kvs", "get", "conduit.datastore", check=False)
-            if got.returncode == 0 and json.loads(got.stdout).get("jobid") == want:
-                return json.loads(got.stdout)
+            location = json.loads(got.stdout) if got.returncode == 0 else {}
+            if location.get("jobid") == want:
+                return location
             time.sleep(0.2)
         raise AssertionError(f"datastore {jobid} did not become ready in {timeout}s")
 
