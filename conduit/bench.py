@@ -1,19 +1,21 @@
 """Throughput and latency of the conduit against raw Flux RPC, in one instance.
 
 For each producer count P: P producer jobs, spread over the ranks, send M
-packets of S bytes each through the conduit to one datastore; then the
+packets of S bytes each through the conduit to one datastore, one packet
+per request ("conduit") and B packets per request ("batched"); then the
 same P x M x S go to broker.ping (Flux's built-in echo) on the
-datastore's rank.  The ratio of the two throughputs says how much of
-what Flux's RPC carries the conduit delivers.
+datastore's rank, one per request ("raw").  The ratio of each conduit
+path's packets/s to raw round trips/s says how much of what Flux's RPC
+carries the conduit delivers.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +24,19 @@ import flux
 import flux.job
 import flux.progress
 
-from conduit import output
-from conduit.jobs import attach_lines, submit, wait_location
+from conduit import output, plot
+from conduit.errors import ConduitError, connect
+from conduit.jobs import attach, cancel_all, submit, wait_location
 from conduit.protocol import PUT, STATS
 
 RAW_TOPIC = "broker.ping"
 JOB_TIMEOUT = 300.0
+KINDS = ("conduit", "batched", "raw")
 
 
 @dataclass
 class Run:
-    kind: str  # "conduit" or "raw"
+    kind: str  # one of KINDS
     producers: int
     packets: int  # acknowledged
     lost: int  # sent but neither acknowledged nor refused
@@ -66,16 +70,18 @@ def summarize(kind: str, size: int, reports: list[dict[str, Any]]) -> Run:
 class Bench:
     """One datastore for every conduit run; producers placed the same way for both paths."""
 
-    def __init__(
-        self, h: flux.Flux, packets: int, size: int, window: int, datastore_rank: int
-    ) -> None:
+    def __init__(self, h: flux.Flux, args: argparse.Namespace) -> None:
         self.h = h
-        self.packets = packets
-        self.size = size
-        self.window = window
-        self.rank = datastore_rank
+        self.packets = args.packets
+        self.size = args.size
+        self.batch = args.batch
+        self.in_flight = args.in_flight
+        self.rank = args.datastore_rank
         self.nranks = int(h.attr_get("size"))
+        if self.rank >= self.nranks:
+            raise ConduitError(f"--datastore-rank: the instance has ranks 0 to {self.nranks - 1}")
         self.datastore: flux.job.JobID | None = None
+        self.jobs: list[flux.job.JobID] = []  # every job submitted, to cancel on failure
         self.expected = 0  # packets the datastore must store in all
         self.bar: Any = None
 
@@ -83,36 +89,42 @@ class Bench:
         self.expected = total
         argv = ["datastore", "--packets", str(total), "--fresh", "--quiet"]
         self.datastore = submit(self.h, argv, "datastore", rank=self.rank)
+        self.jobs.append(self.datastore)
         wait_location(self.h, self.datastore, time.monotonic() + JOB_TIMEOUT)
 
     def finish_datastore(self) -> None:
         assert self.datastore is not None
-        text = "\n".join(attach_lines(self.datastore, time.monotonic() + JOB_TIMEOUT))
-        summary = [json.loads(line) for line in text.splitlines() if line.startswith('{"stored"')]
-        if not summary or summary[-1]["stored"] != self.expected or not output.parse(text).finished:
-            raise RuntimeError(
-                f"datastore {self.datastore.f58} did not store {self.expected} packets:\n{text}"
+        with attach(self.datastore) as stream:
+            stream.finish(JOB_TIMEOUT)
+        result = output.parse("\n".join(stream.lines))
+        if not result.summary or result.summary["stored"] != self.expected or not result.finished:
+            raise ConduitError(
+                f"datastore {self.datastore.f58} did not store {self.expected} packets:\n"
+                + "\n".join(stream.lines + [stream.stderr()])
             )
 
-    def producers(self, topic: str, count: int) -> list[flux.job.JobID]:
+    def producers(self, kind: str, count: int) -> list[flux.job.JobID]:
         start_at = time.time() + 0.6 + 0.15 * count  # all start together
         argv = [
-            "produce", "--topic", topic, "--rank", str(self.rank),
+            "produce", "--topic", RAW_TOPIC if kind == "raw" else PUT, "--rank", str(self.rank),
             "--count", str(self.packets), "--size", str(self.size),
-            "--window", str(self.window), "--start-at", f"{start_at:.3f}",
+            "--batch", str(self.batch if kind == "batched" else 1),
+            "--in-flight", str(self.in_flight), "--start-at", f"{start_at:.3f}",
         ]  # fmt: skip
         # Round-robin from the rank after the datastore's, which holds one
-        # job already; the raw run gets the same placement.
-        return [
+        # job already; every path gets the same placement.
+        jobs = [
             submit(self.h, argv, "producer", rank=(self.rank + 1 + i) % self.nranks)
             for i in range(count)
         ]
+        self.jobs.extend(jobs)
+        return jobs
 
     def run(self, kind: str, count: int) -> Run:
-        jobs = self.producers(PUT if kind == "conduit" else RAW_TOPIC, count)
+        jobs = self.producers(kind, count)
         deadline = time.monotonic() + JOB_TIMEOUT
         total = count * self.packets
-        base = self.stored() if kind == "conduit" else None  # progress of conduit runs
+        base = self.stored() if kind != "raw" else None  # progress of conduit runs
         shown = 0
         for jobid in jobs:
             finished = flux.job.result_async(self.h, jobid)
@@ -122,17 +134,18 @@ class Bench:
                     break
                 except TimeoutError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"producer {jobid.f58} did not finish in time") from None
+                        raise ConduitError(f"producer {jobid.f58} did not finish in time") from None
                     if base is not None and (stored := self.stored()) is not None:
                         now = min(stored - base, total)
                         self.advance(now - shown)
                         shown = max(shown, now)
         reports = []
         for jobid in jobs:
-            lines = list(attach_lines(jobid, deadline))
-            if not lines:
-                raise RuntimeError(f"producer {jobid.f58} printed no report")
-            reports.append(json.loads(lines[-1]))
+            with attach(jobid) as stream:
+                stream.finish(max(deadline - time.monotonic(), 1))
+            if not stream.lines:
+                raise ConduitError(f"producer {jobid.f58} printed no report: {stream.stderr()}")
+            reports.append(json.loads(stream.lines[-1]))
         self.advance(total - shown)
         return summarize(kind, self.size, reports)
 
@@ -174,85 +187,45 @@ def table(runs: list[Run]) -> str:
     return "\n".join(rows)
 
 
-def ratios(runs: list[Run]) -> dict[str, float]:
+def ratios(runs: list[Run], kind: str) -> dict[str, float]:
+    """Per P, packets/s of path `kind` over raw round trips/s."""
     by = {(r.kind, r.producers): r for r in runs}
     return {
-        str(p): round(by["conduit", p].per_second / by["raw", p].per_second, 3)
-        for (kind, p) in by
-        if kind == "conduit" and ("raw", p) in by
+        str(p): round(by[kind, p].per_second / by["raw", p].per_second, 3)
+        for (k, p) in by
+        if k == kind and ("raw", p) in by
     }
 
 
-def plot(results: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (thr, lat) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, color in (("conduit", "C0"), ("raw", "C1")):
-        runs = [r for r in results["runs"] if r["kind"] == kind]
-        ps = [r["producers"] for r in runs]
-        thr.plot(ps, [r["per_second"] for r in runs], "o-", color=color, label=kind)
-        lat.plot(ps, [r["p50_ms"] for r in runs], "o-", color=color, label=f"{kind} p50")
-        lat.plot(ps, [r["p99_ms"] for r in runs], "o:", color=color, label=f"{kind} p99")
-    c = results["config"]
-    thr.set(xlabel="producers (P)", ylabel="packets/s", title=f"throughput, S={c['size']} B")
-    lat.set(xlabel="producers (P)", ylabel="ms", title="latency, put to stored")
-    for ax in (thr, lat):
-        ax.set_xticks(c["producers"])
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise SystemExit(
-            f"conduit bench: --plot needs matplotlib, which {sys.executable} lacks; "
-            "install it, or write --json and run `python3 -m conduit plot FILE.json FILE.png`"
-        ) from None
-
-
-def main(
-    producers: Sequence[int],
-    packets: int,
-    size: int,
-    window: int,
-    repeat: int,
-    datastore_rank: int,
-    json_path: str | None,
-    plot_path: str | None,
-) -> int:
-    if plot_path:
-        require_matplotlib()
-    h = flux.Flux()
-    bench = Bench(h, packets, size, window, datastore_rank)
+def main(args: argparse.Namespace) -> int:
+    if args.plot:
+        plot.require_matplotlib()
+    h = connect()
+    bench = Bench(h, args)
+    producers, repeat, packets = args.producers, args.repeat, args.packets
     config = {
-        "producers": list(producers), "packets": packets, "size": size, "window": window,
-        "repeat": repeat, "datastore_rank": datastore_rank, "ranks": bench.nranks,
-        "raw_topic": RAW_TOPIC,
+        "producers": producers, "packets": packets, "size": args.size, "batch": args.batch,
+        "in_flight": args.in_flight, "repeat": repeat, "datastore_rank": args.datastore_rank,
+        "ranks": bench.nranks, "raw_topic": RAW_TOPIC,
     }  # fmt: skip
+    total = repeat * sum(producers) * packets
     if sys.stderr.isatty():
         bench.bar = flux.progress.ProgressBar(
-            total=2 * repeat * sum(producers) * packets,
-            before="bench {count}/{total} packets ",
-            style="bar",
+            total=len(KINDS) * total, before="bench {count}/{total} packets ", style="bar"
         )
         bench.bar.start()
     runs: list[Run] = []
     try:
-        bench.start_datastore(repeat * sum(producers) * packets)
+        bench.start_datastore(2 * total)  # both conduit paths
         for round_ in range(repeat):
-            # alternate which path goes first, so that drift favours neither
-            kinds = ("conduit", "raw") if round_ % 2 == 0 else ("raw", "conduit")
+            # rotate which path goes first, so that drift favours none
+            kinds = KINDS[round_ % 3 :] + KINDS[: round_ % 3]
             for count in producers:
                 runs.extend(bench.run(kind, count) for kind in kinds)
         bench.finish_datastore()
+    except BaseException:
+        cancel_all(h, bench.jobs, "conduit bench stopped")
+        raise
     finally:
         if bench.bar:
             bench.bar.stop()
@@ -260,18 +233,22 @@ def main(
     results: dict[str, Any] = {
         "config": config,
         "runs": [asdict(r) for r in picked],
-        "ratio": ratios(picked),
+        "ratio": ratios(picked, "conduit"),
+        "batched_ratio": ratios(picked, "batched"),
         "all_runs": [asdict(r) for r in runs],
     }
-    print(f"median of {repeat} rounds; {packets} packets of {size} bytes per producer")
+    print(f"median of {repeat} rounds; {packets} packets of {args.size} bytes per producer")
     print(table(picked))
-    for p, ratio in results["ratio"].items():
-        print(f"P={p}: conduit/raw throughput = {ratio:.2f}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results: {json_path}")
-    if plot_path:
-        plot(results, plot_path)
-        print(f"plot: {plot_path}")
+    for p in results["ratio"]:
+        print(
+            f"P={p}: conduit/raw = {results['ratio'][p]:.2f}, "
+            f"batched ({args.batch} per request)/raw = {results['batched_ratio'][p]:.2f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results: {args.json}")
+    if args.plot:
+        plot.plot(results, args.plot)
+        print(f"plot: {args.plot}")
     lost = sum(r.lost + r.errors for r in runs)
     return 0 if lost == 0 else 1

@@ -1,52 +1,86 @@
-"""Find, load and remove the conduit broker module on the local broker."""
+"""Find, check, load and remove the conduit broker module on the local broker."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import re
 from pathlib import Path
 
 import flux
+import flux.job
 
+from conduit.errors import ConduitError
 from conduit.protocol import SERVICE, STATS
 
 SOURCE_TREE_MODULE = Path(__file__).resolve().parent.parent / "module" / "conduit.so"
 HOW_TO_BUILD = "run `make module`, or point --module or CONDUIT_MODULE at conduit.so"
-
-
-class ModuleError(Exception):
-    pass
+# module/conduit.c embeds the version of the flux-core it was built against.
+VERSION_MARK = re.compile(rb"conduit-flux-core-version=(\d+)\.(\d+)\.(\d+)")
 
 
 def locate(explicit: str | None = None) -> str:
     """The path (or name) to give to module.load.
 
     An explicit path, then $CONDUIT_MODULE, then the source tree's build,
-    then the bare name, which the broker looks up in its module path.
+    then the bare name, which the broker looks up in its module path
+    (where `make install` puts it).
     """
     for candidate in (explicit, os.environ.get("CONDUIT_MODULE")):
         if candidate:
             path = Path(candidate).resolve()
             if not path.is_file():
-                raise ModuleError(f"{candidate}: no such file; {HOW_TO_BUILD}")
+                raise ConduitError(f"{candidate}: no such file; {HOW_TO_BUILD}")
             return str(path)
     if SOURCE_TREE_MODULE.is_file():
         return str(SOURCE_TREE_MODULE)
     return SERVICE
 
 
+def built_for(path: str) -> str | None:
+    """The flux-core version module file `path` was built against, if it says."""
+    try:
+        found = VERSION_MARK.search(Path(path).read_bytes())
+    except OSError:
+        return None
+    return ".".join(x.decode() for x in found.groups()) if found else None
+
+
+def check_version(h: flux.Flux, path: str) -> None:
+    """Refuse a module built for another flux-core minor version than the broker's.
+
+    Flux accepts patch-level differences between a module and its broker,
+    not minor ones.  A bare module name is checked by the module itself.
+    """
+    if not Path(path).is_file():
+        return
+    built = built_for(path)
+    running = h.attr_get("version")
+    if built is None:
+        raise ConduitError(
+            f"{path} does not say which flux-core it was built for (built before this check?); "
+            "rebuild it: make module"
+        )
+    if built.split(".")[:2] != running.split(".")[:2]:
+        raise ConduitError(
+            f"{path} was built for flux-core {built}, but this instance runs flux-core "
+            f"{running}; rebuild it against the running flux-core: make module"
+        )
+
+
 def load(h: flux.Flux, path: str, args: list[str]) -> None:
     """Load the module on this broker, replacing one left without a datastore."""
+    check_version(h, path)
     try:
         _insmod(h, path, args)
         return
     except OSError as exc:
         if exc.errno != errno.EEXIST:
-            raise ModuleError(_load_failure(path, exc)) from exc
+            raise ConduitError(_load_failure(path, exc), exc.errno) from exc
     stats = h.rpc(STATS).get()
     if stats["attached"]:
-        raise ModuleError(
+        raise ConduitError(
             f"the conduit on rank {stats['rank']} already serves datastore job "
             f"{flux.job.JobID(stats['datastore']).f58}; cancel it first"
         )
@@ -54,7 +88,7 @@ def load(h: flux.Flux, path: str, args: list[str]) -> None:
     try:
         _insmod(h, path, args)
     except OSError as exc:
-        raise ModuleError(_load_failure(path, exc)) from exc
+        raise ConduitError(_load_failure(path, exc), exc.errno) from exc
 
 
 def remove(h: flux.Flux) -> None:
@@ -72,5 +106,5 @@ def _load_failure(path: str, exc: OSError) -> str:
         return f"cannot load the conduit module ({path}): not found; {HOW_TO_BUILD}"
     return (
         f"cannot load the conduit module ({path}): {exc.strerror}; "
-        "see `flux dmesg` for the broker's reason"
+        "`flux dmesg | grep conduit` shows the broker's reason"
     )

@@ -1,18 +1,28 @@
-"""python3 -m conduit: the datastore, compute, demo and bench commands.
+"""python3 -m conduit: the command line, and its one error boundary.
 
-Each command imports `flux` only when it runs, so `--help` works anywhere
-and a Python that cannot import flux gets one clear line instead of a
-traceback.
+Each subcommand names the module that runs it (`set_defaults(run=...)`);
+that module is imported only when the command runs, so `--help` and
+`plot` work without Flux.  Whatever fails ends as one line on stderr,
+`conduit <command>: <what failed and what to do>`, and a non-zero exit;
+--debug (or CONDUIT_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
+from conduit import output
+from conduit.errors import NO_BINDINGS, ConduitError
+from conduit.protocol import DEFAULT_BATCH, DEFAULT_TIMEOUT, MAX_PACKETS_PER_PUT, MODULE_ARGS
 
-def whole(least: int) -> Callable[[str], int]:
+Run = Callable[[argparse.Namespace], int]
+
+
+def whole_number(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number, at least `least`."""
 
     def parse(text: str) -> int:
@@ -24,49 +34,90 @@ def whole(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number from {least}, not {text!r}")
         return value
 
+    parse.__name__ = f"whole number from {least}"
     return parse
 
 
-count = whole(0)
-positive = whole(1)
-
-
 def seconds(text: str) -> float:
+    """An argparse type: seconds, 0 or more."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:  # also NaN
+    if not 0 <= value < float("inf"):  # also NaN
         raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, not {text!r}")
     return value
 
 
-def ranks(text: str) -> list[int]:
-    try:
-        return [int(r) for r in text.split(",") if r != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ranks like 0,1,2, not {text!r}") from None
+def number_list(least: int, example: str) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated whole numbers, each at least `least`."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(n) for n in text.split(",") if n != ""]
+        except ValueError:
+            values = []
+        if not values or min(values) < least:
+            raise argparse.ArgumentTypeError(f"expected a list like {example}, not {text!r}")
+        return values
+
+    parse.__name__ = f"list like {example}"
+    return parse
+
+
+rank_list = number_list(0, "0,1,2 (ranks)")
+count_list = number_list(1, "1,2,4 (counts from 1)")
+
+
+def runs(module: str, function: str = "main") -> Run:
+    """conduit.<module>.<function>(args), imported when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        command: Run = getattr(importlib.import_module(f"conduit.{module}"), function)
+        return command(args)
+
+    return run
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m conduit",
-        description="Stream JSON packets from Flux compute jobs to a datastore job.",
+        description="Stream JSON packets from Flux jobs to a datastore job.",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get("CONDUIT_DEBUG")),
+        help="show the traceback of a failure (also: CONDUIT_DEBUG=1)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ds = sub.add_parser("datastore", help="run as a Flux job: load the module, keep the store")
+    ds.set_defaults(run=runs("datastore"))
     ds.add_argument(
         "--packets",
-        type=count,
+        type=whole_number(0),
         default=5,
         metavar="N",
-        help="finish after N compute packets are stored (0: run until cancelled; default 5)",
+        help="finish after N packets are stored (0: run until cancelled; default 5)",
     )
     ds.add_argument(
         "--fresh", action="store_true", help="discard an unfinished store instead of resuming it"
     )
-    ds.add_argument("--quiet", action="store_true", help="do not print the store after each packet")
+    ds.add_argument(
+        "--print",
+        choices=output.PRINT_MODES,
+        default="auto",
+        help="after each packet, print the whole store, the packet, or nothing; auto: the "
+        f"store while its line is at most {output.STORE_LINE_LIMIT} bytes, then packets",
+    )
+    ds.add_argument("--quiet", action="store_true", help="the same as --print none")
+    ds.add_argument(
+        "--save",
+        metavar="FILE",
+        help="write the store as JSON to FILE when the datastore stops (finished, "
+        "cancelled or signalled), atomically",
+    )
     ds.add_argument(
         "--module",
         metavar="PATH",
@@ -78,35 +129,62 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ARG",
-        help="argument for the module: max-data=BYTES or backlog=PUTS (repeatable)",
+        help=f"an argument for the module (repeatable): {MODULE_ARGS}",
     )
 
     co = sub.add_parser(
         "compute", help="run as a Flux job: put one packet, wait for it to be stored, sleep"
     )
+    co.set_defaults(run=runs("compute"))
     co.add_argument("seconds", type=seconds, help="seconds to sleep after the packet is stored")
     co.add_argument(
         "--timeout",
         type=seconds,
-        default=30.0,
+        default=DEFAULT_TIMEOUT,
         help="give up if no datastore stores the packet within this many seconds (default 30)",
+    )
+
+    pu = sub.add_parser(
+        "put", help="put JSON objects (arguments, or JSON Lines from --file) and wait until stored"
+    )
+    pu.set_defaults(run=runs("put"))
+    pu.add_argument("objects", nargs="*", metavar="JSON", help="a JSON object per argument")
+    pu.add_argument(
+        "--file", "-f", metavar="FILE", help="read one JSON object per line (JSON Lines); -: stdin"
+    )
+    pu.add_argument(
+        "--batch",
+        type=whole_number(1),
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"packets per request, at most {MAX_PACKETS_PER_PUT} (default {DEFAULT_BATCH})",
+    )
+    pu.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        help="give up unless every packet is stored within this many seconds (default 30)",
+    )
+    pu.add_argument(
+        "--producer", help="the producer name for exactly-once retries (default: job id and task)"
     )
 
     de = sub.add_parser(
         "demo", help="inside an instance: a datastore, N computes, the attach stream"
     )
+    de.set_defaults(run=runs("demo"))
     de.add_argument(
         "--computes",
-        type=positive,
+        type=whole_number(1),
         metavar="N",
         help="number of computes (default 5, or one per rank if the instance has more)",
     )
     de.add_argument(
-        "--datastore-rank", type=count, metavar="RANK", help="run the datastore on this rank"
+        "--datastore-rank", type=whole_number(0), metavar="RANK", help="run the datastore there"
     )
     de.add_argument(
         "--compute-ranks",
-        type=ranks,
+        type=rank_list,
         metavar="R,R,...",
         help="spread the computes over these ranks (default: all ranks)",
     )
@@ -117,66 +195,89 @@ def parser() -> argparse.ArgumentParser:
         "--timeout",
         type=seconds,
         default=120.0,
-        help="give up after this many seconds (default 120)",
+        help="give up, and cancel the demo's jobs, after this many seconds (default 120)",
     )
 
     be = sub.add_parser(
         "bench", help="inside an instance: conduit throughput and latency against raw Flux RPC"
     )
+    be.set_defaults(run=runs("bench"))
     be.add_argument(
         "--producers",
-        type=ranks,
+        type=count_list,
         default=[1, 2, 4],
         metavar="P,P,...",
         help="producer counts to run (default 1,2,4)",
     )
     be.add_argument(
         "--packets",
-        type=positive,
+        type=whole_number(1),
         default=2000,
         metavar="M",
         help="packets per producer (default 2000)",
     )
     be.add_argument(
         "--size",
-        type=positive,
+        type=whole_number(1),
         default=64,
         metavar="S",
-        help="bytes of data per packet (default 64)",
+        help="bytes per packet (default 64)",
     )
     be.add_argument(
-        "--window",
-        type=positive,
+        "--batch",
+        type=whole_number(1),
+        default=64,
+        metavar="B",
+        help="packets per request on the batched path (default 64)",
+    )
+    be.add_argument(
+        "--in-flight",
+        type=whole_number(1),
         default=256,
-        help="requests each producer keeps in flight, on both paths (default 256)",
+        metavar="R",
+        help="requests each producer keeps outstanding, on every path (default 256)",
     )
     be.add_argument(
-        "--repeat", type=positive, default=3, help="rounds; the median run is reported (default 3)"
+        "--repeat",
+        type=whole_number(1),
+        default=3,
+        help="rounds; the median run is reported (default 3)",
     )
     be.add_argument(
         "--datastore-rank",
-        type=count,
+        type=whole_number(0),
         default=0,
         metavar="RANK",
         help="rank of the datastore and of the echo (default 0)",
     )
     be.add_argument("--json", metavar="FILE", help="write the results as JSON")
     be.add_argument(
-        "--plot",
-        metavar="FILE.png",
-        help="draw throughput and latency against P (needs matplotlib)",
+        "--plot", metavar="FILE.png", help="draw throughput and latency against P (matplotlib)"
     )
 
     pr = sub.add_parser("produce", help="run as a Flux job by bench and the tests: pipelined puts")
+    pr.set_defaults(run=runs("producer"))
     pr.add_argument(
         "--topic", default="conduit.put", help="conduit.put, or an echo such as broker.ping"
     )
-    pr.add_argument("--rank", type=count, help="destination rank for topics other than conduit.put")
-    pr.add_argument("--count", type=positive, default=1000, help="packets to send (default 1000)")
     pr.add_argument(
-        "--size", type=positive, default=64, help="bytes of data per packet (default 64)"
+        "--rank", type=whole_number(0), help="destination rank for topics other than conduit.put"
     )
-    pr.add_argument("--window", type=positive, default=64, help="requests in flight (default 64)")
+    pr.add_argument(
+        "--count", type=whole_number(1), default=1000, help="packets to send (default 1000)"
+    )
+    pr.add_argument(
+        "--size", type=whole_number(1), default=64, help="bytes per packet (default 64)"
+    )
+    pr.add_argument(
+        "--batch",
+        type=whole_number(1),
+        default=1,
+        help=f"packets per request, at most {MAX_PACKETS_PER_PUT} (default 1)",
+    )
+    pr.add_argument(
+        "--in-flight", type=whole_number(1), default=64, help="requests outstanding (default 64)"
+    )
     pr.add_argument(
         "--retry-for",
         type=seconds,
@@ -192,11 +293,13 @@ def parser() -> argparse.ArgumentParser:
         help="wait until this time before sending",
     )
 
-    sub.add_parser(
+    st = sub.add_parser(
         "store", help="print the durable store (what an unfinished datastore left in the KVS)"
     )
+    st.set_defaults(run=runs("datastore", "show_store"))
 
     pl = sub.add_parser("plot", help="draw a bench --json file as a PNG (needs matplotlib)")
+    pl.set_defaults(run=runs("plot"))
     pl.add_argument("results", help="bench results (JSON)")
     pl.add_argument("png", help="output image")
     return p
@@ -204,53 +307,26 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "plot":
-        import json
-        from pathlib import Path
-
-        from conduit import bench
-
-        bench.require_matplotlib()
-        bench.plot(json.loads(Path(args.results).read_text()), args.png)
-        return 0
     try:
-        import flux  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"conduit {args.command}: this Python ({sys.executable}) cannot import flux ({exc}); "
-            "run it with `flux python -m conduit ...`, or install flux-python==0.88.0",
-            file=sys.stderr,
-        )
-        return 2
-    if args.command == "datastore":
-        from conduit import datastore
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print(f"conduit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"conduit {args.command}: {describe(exc)}", file=sys.stderr, flush=True)
+        return 1
 
-        return datastore.main(args.packets, args.fresh, args.quiet, args.module, args.module_arg)
-    if args.command == "store":
-        from conduit import datastore
 
-        return datastore.show_store()
-    if args.command == "compute":
-        from conduit import compute
-
-        return compute.main(args.seconds, args.timeout)
-    if args.command == "bench":
-        from conduit import bench
-
-        return bench.main(
-            args.producers, args.packets, args.size, args.window, args.repeat,
-            args.datastore_rank,
-            args.json, args.plot,
-        )  # fmt: skip
-    if args.command == "produce":
-        from conduit import producer
-
-        load = producer.Load(
-            args.topic, args.rank, args.count, args.size, args.window, args.retry_for
-        )
-        return producer.main(load, args.start_at)
-    from conduit import demo
-
-    return demo.run(
-        args.computes, args.datastore_rank, args.compute_ranks, args.sleep, args.timeout
-    )
+def describe(exc: Exception) -> str:
+    """One line for a failure: the conduit's own message, or what Python knows of it."""
+    if isinstance(exc, ConduitError):
+        return str(exc)
+    if isinstance(exc, ImportError) and exc.name == "flux":
+        return NO_BINDINGS
+    if isinstance(exc, OSError) and exc.strerror:
+        what = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    else:
+        what = f"{type(exc).__name__}: {exc}"
+    return f"{what} (an unexpected failure; --debug shows where)"

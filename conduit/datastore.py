@@ -1,17 +1,19 @@
 """The datastore job: receives packets through the conduit and keeps the store.
 
 Packets arrive in batches on the conduit.attach stream.  Each batch is
-appended to the KVS log (conduit.store) in one commit, with at most one
-commit in flight; only after a commit lands does the datastore apply the
-packets to the store, print it, and acknowledge them to the module, which
-then answers the computes' puts.  So every acknowledged packet is in the
-KVS, and a datastore that crashed is resumed by the next one from there.
+appended to the KVS log in one commit, with at most one commit in
+flight; only after a commit lands does the datastore apply the packets
+to the store, print them, and acknowledge them to the module, which then
+answers the puts.  So every acknowledged packet is in the KVS, and a
+datastore that crashed is resumed by the next one from there.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -21,20 +23,15 @@ from typing import Any
 import flux
 import flux.constants
 import flux.job
-import flux.kvs
 
 from conduit import broker_module, kvsdir, output
-from conduit.protocol import (
-    ACK,
-    ATTACH,
-    KVS_COMPUTES,
-    KVS_LOCATION,
-    KVS_NAMESPACE,
-    KVS_STORE,
-    SEGMENT_COMMITS,
-    STATS,
-)
+from conduit.errors import ConduitError, connect
+from conduit.protocol import ACK, ATTACH, STATS
 from conduit.store import Packet, Store, log_line
+
+# The module writes each batch's id range first, so that a batch this
+# datastore cannot decode can still be refused by its ids.
+BATCH_RANGE = re.compile(r'\{"first":(\d+),"last":(\d+),')
 
 
 @dataclass
@@ -45,52 +42,58 @@ class Commit:
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # batches it cannot store
+
+
+@dataclass
+class Settings:
+    packets: int  # finish after this many are stored (0: never)
+    fresh: bool  # discard an unfinished store instead of resuming it
+    print_mode: str
+    save: str | None  # where to write the store when the datastore stops
+    module: str  # the conduit.so to load
+    module_args: list[str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls(
+            packets=args.packets,
+            fresh=args.fresh,
+            print_mode="none" if args.quiet else args.print,
+            save=args.save,
+            module=broker_module.locate(args.module),
+            module_args=args.module_arg,
+        )
 
 
 class Datastore:
-    def __init__(
-        self,
-        h: flux.Flux,
-        packets: int,
-        fresh: bool = False,
-        quiet: bool = False,
-        module: str | None = None,
-        module_args: list[str] | None = None,
-    ) -> None:
+    def __init__(self, h: flux.Flux, settings: Settings) -> None:
         self.h = h
-        self.packets = packets
-        self.fresh = fresh
-        self.quiet = quiet
-        self.module_path = broker_module.locate(module)
-        self.module_args = module_args or []
+        self.settings = settings
+        self.kvs = kvsdir.ConduitDir(h)
+        self.printer = output.Printer(settings.print_mode)
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
         self.store = Store()
         self.next_commit = Commit()  # batches waiting for the commit in flight
         self.in_flight: Commit | None = None
-        self.attach: Any = None
         self.commits = 0
         self.segment = 0  # the log segment this datastore starts appending to
         self.exit_code = 0
         self.done = False
 
-    def say(self, line: str) -> None:
-        print(line, flush=True)
-
     def run(self) -> int:
-        self.say(output.STARTING)
+        output.say(output.STARTING)
         self.refuse_if_served()
         self.resume_or_reset()
-        broker_module.load(self.h, self.module_path, self.module_args)
-        self.say(output.LOADED)
-        self.attach = self.h.rpc(
-            ATTACH, {"jobid": self.jobid}, flags=flux.constants.FLUX_RPC_STREAMING
-        ).then(self.on_batch)
-        self.publish_location()
-        self.say(output.INITIALIZED)
-        self.say(output.RUNNING)
-        if not self.quiet:
-            self.say(output.WAITING)
+        broker_module.load(self.h, self.settings.module, self.settings.module_args)
+        output.say(output.LOADED)
+        attach = self.h.rpc(ATTACH, {"jobid": self.jobid}, flags=flux.constants.FLUX_RPC_STREAMING)
+        attach.then(self.on_batch)
+        self.kvs.publish_location(self.rank, self.jobid, socket.gethostname())
+        output.say(output.INITIALIZED)
+        output.say(output.RUNNING)
+        self.printer.start()
         watchers = [
             self.h.signal_watcher_create(signum, self.on_signal)
             for signum in (signal.SIGTERM, signal.SIGINT)
@@ -102,6 +105,8 @@ class Datastore:
         finally:
             for watcher in watchers:
                 watcher.stop()
+            if self.settings.save:
+                self.store.save(self.settings.save)
         if self.done:
             self.finish()
         else:
@@ -110,7 +115,7 @@ class Datastore:
 
     def refuse_if_served(self) -> None:
         """One datastore per instance: stop if the published one is alive."""
-        location = kvsdir.location(self.h)
+        location = self.kvs.location()
         if location is None:
             return
         try:
@@ -118,31 +123,23 @@ class Datastore:
         except OSError:
             return  # no conduit there: left by a datastore that is gone
         if stats["attached"]:
-            raise broker_module.ModuleError(
+            raise ConduitError(
                 f"datastore job {flux.job.JobID(stats['datastore']).f58} already serves "
                 f"the conduit on rank {stats['rank']}; cancel it first"
             )
 
     def resume_or_reset(self) -> None:
-        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
-        if self.fresh:
-            txn.unlink(KVS_STORE)
-            txn.commit()
+        if self.settings.fresh:
+            self.kvs.discard_store()
             return
-        self.store, segments = kvsdir.load_store(self.h)
+        self.store, segments = self.kvs.load_store()
         if segments:
-            self.segment = int(segments[-1].rsplit(".", 1)[1]) + 1
-            self.say(
+            self.segment = segments[-1] + 1
+            output.say(
                 f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
-                f"unfinished datastore (KVS {KVS_STORE}); --fresh starts empty"
+                f"unfinished datastore (KVS {kvsdir.STORE}); --fresh starts empty"
             )
-            if not self.quiet:
-                self.say(self.store.render())
-
-    def publish_location(self) -> None:
-        location = {"rank": self.rank, "jobid": self.jobid, "host": socket.gethostname()}
-        with flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE) as txn:
-            txn.put(KVS_LOCATION, location)
+            self.printer.resumed(self.store.render())
 
     # Packets in: each batch joins the next commit.
     def on_batch(self, f: Any) -> None:
@@ -154,21 +151,37 @@ class Datastore:
         f.reset()
         if self.done:
             return  # past the target: left unacknowledged, these fail at unload
-        packets = json.loads(text)["packets"]
         commit = self.next_commit
-        commit.upto = packets[-1]["id"]
-        commit.lines.append(log_line(text))
-        for packet in packets:
-            if self.store.claim(packet):
-                commit.fresh.append(packet)
-            else:
-                commit.duplicates.append(packet["id"])
-                print(
-                    f"duplicate ignored: {packet['producer']} #{packet['seq']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        try:
+            packets = json.loads(text)["packets"]
+        except (ValueError, RecursionError) as exc:
+            self.refuse(commit, text, exc)
+        else:
+            commit.upto = packets[-1]["id"]
+            commit.lines.append(log_line(text))
+            for packet in packets:
+                if self.store.claim(packet):
+                    commit.fresh.append(packet)
+                else:
+                    commit.duplicates.append(packet["id"])
+                    print(
+                        f"duplicate ignored: {packet['producer']} #{packet['seq']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         self.start_commit()
+
+    def refuse(self, commit: Commit, text: str, exc: Exception) -> None:
+        """A batch this datastore cannot decode: not stored, its puts refused."""
+        found = BATCH_RANGE.match(text)
+        if not found:
+            self.fail(f"cannot decode a batch from the conduit, nor its ids: {exc}")
+            return
+        first, last = int(found[1]), int(found[2])
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"conduit datastore: refused packets {first}..{last}: {reason}", file=sys.stderr)
+        commit.refused.append({"first": first, "last": last, "error": reason})
+        commit.upto = last
 
     def start_commit(self) -> None:
         """Append the waiting batches to the log in one commit, if none is in flight.
@@ -178,18 +191,16 @@ class Datastore:
         best: the KVS spends about the same per commit whatever its size
         (docs/performance.md).
         """
-        if not self.next_commit.lines or self.in_flight:
+        if self.in_flight or self.next_commit.upto < 0:
             return
         commit, self.next_commit = self.next_commit, Commit()
+        if not commit.lines:  # only refused batches: nothing to store
+            self.stored(commit)
+            return
         self.in_flight = commit
-        blob = b"".join(commit.lines)
-        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
-        key = f"{KVS_STORE}.{self.segment + self.commits // SEGMENT_COMMITS}"
-        flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
-        )
+        segment = self.segment + self.commits // kvsdir.SEGMENT_COMMITS
         self.commits += 1
-        txn.commit_async().then(self.on_committed, commit)
+        self.kvs.append_async(segment, b"".join(commit.lines)).then(self.on_committed, commit)
 
     def on_committed(self, f: Any, commit: Commit) -> None:
         try:
@@ -208,38 +219,26 @@ class Datastore:
     def stored(self, commit: Commit) -> None:
         for packet in commit.fresh:
             self.store.apply(packet)
-            if not self.quiet:
-                self.say(self.store.render())
-                if not self.reached_target():
-                    self.say(output.WAITING)
-        self.h.rpc(
-            ACK,
-            {"upto": commit.upto, "duplicates": commit.duplicates},
-            flags=flux.constants.FLUX_RPC_NORESPONSE,
-        )
+            more = not self.reached_target()
+            self.printer.stored(self.store.render, json.dumps(packet["data"]), more)
+        ack: dict[str, Any] = {"upto": commit.upto, "duplicates": commit.duplicates}
+        if commit.refused:
+            ack["refused"] = commit.refused
+        self.h.rpc(ACK, ack, flags=flux.constants.FLUX_RPC_NORESPONSE)
         if self.reached_target():
             self.done = True
 
     def reached_target(self) -> bool:
-        return 0 < self.packets <= self.store.count
+        return 0 < self.settings.packets <= self.store.count
 
     def finish(self) -> None:
-        self.say(output.BYE)
+        output.say(output.BYE)
         broker_module.remove(self.h)
-        txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
-        txn.unlink(KVS_STORE)
-        txn.unlink(KVS_COMPUTES)  # the finished run's check-ins
-        if self.location_is_mine():
-            txn.unlink(KVS_LOCATION)
-        txn.commit()
-        if self.quiet:
+        self.kvs.clear_finished(self.jobid)
+        if self.settings.print_mode == "none":
             summary = {"stored": self.store.count, "keys": len(self.store.data)}
-            self.say(json.dumps({**summary, "commits": self.commits}))
-        self.say(output.FINISHED)
-
-    def location_is_mine(self) -> bool:
-        location = kvsdir.location(self.h)
-        return location is not None and location.get("jobid") == self.jobid
+            output.say(output.SUMMARY_PREFIX + json.dumps({**summary, "commits": self.commits}))
+        output.say(output.FINISHED)
 
     def fail(self, message: str) -> None:
         print(f"conduit datastore: {message}", file=sys.stderr, flush=True)
@@ -247,26 +246,21 @@ class Datastore:
         self.h.reactor_stop()
 
     def on_signal(self, h: flux.Flux, watcher: Any, signum: int, *_: Any) -> None:
-        self.say(
+        output.say(
             f"Stopped by signal {signum}: {self.store.count} packets stay in KVS "
-            f"{KVS_STORE} for the next datastore"
+            f"{kvsdir.STORE} for the next datastore"
         )
         self.exit_code = 128 + signum
         h.reactor_stop()
 
 
-def show_store() -> int:
+def main(args: argparse.Namespace) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return Datastore(connect(), Settings.from_args(args)).run()
+
+
+def show_store(args: argparse.Namespace) -> int:
     """Print the durable store in the KVS as one JSON line."""
-    store, segments = kvsdir.load_store(flux.Flux())
+    store, segments = kvsdir.ConduitDir(connect()).load_store()
     print(json.dumps({"packets": store.count, "segments": len(segments), "store": store.data}))
     return 0
-
-
-def main(packets: int, fresh: bool, quiet: bool, module: str | None, module_args: list[str]) -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    h = flux.Flux()
-    try:
-        return Datastore(h, packets, fresh, quiet, module, module_args).run()
-    except broker_module.ModuleError as exc:
-        print(f"conduit datastore: {exc}", file=sys.stderr, flush=True)
-        return 1

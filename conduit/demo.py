@@ -3,11 +3,12 @@
 Submits the datastore, waits until it is ready, submits the computes
 spread over the instance's ranks, streams `flux job attach` of the
 datastore to stdout, and succeeds only if every compute's packet is in
-the final store.
+the final store.  Whatever happens, it leaves no job of its own running.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ import flux
 import flux.job
 
 from conduit import output
-from conduit.jobs import attach_lines, submit
+from conduit.errors import ConduitError, connect
+from conduit.jobs import attach, cancel_all, submit
 
 
 def compute_ranks(size: int, count: int, ranks: Sequence[int] | None) -> list[int]:
@@ -25,47 +27,47 @@ def compute_ranks(size: int, count: int, ranks: Sequence[int] | None) -> list[in
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def run(
-    computes: int | None,
-    datastore_rank: int | None,
-    ranks: Sequence[int] | None,
-    sleep: float,
-    timeout: float,
-) -> int:
-    h = flux.Flux()
+def note(line: str) -> None:
+    print(f"# {line}", file=sys.stderr, flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    h = connect()
     size = int(h.attr_get("size"))
-    if computes is None:
-        computes = max(5, size)
-    deadline = time.monotonic() + timeout
-    datastore = submit(
-        h, ["datastore", "--packets", str(computes), "--fresh"], "datastore", datastore_rank
-    )
-    print(f"# datastore job {datastore.f58}", file=sys.stderr, flush=True)
-    submitted: list[flux.job.JobID] = []
-    text: list[str] = []
+    if args.compute_ranks and max(args.compute_ranks) >= size:
+        raise ConduitError(f"--compute-ranks: the instance has ranks 0 to {size - 1}")
+    if args.datastore_rank is not None and args.datastore_rank >= size:
+        raise ConduitError(f"--datastore-rank: the instance has ranks 0 to {size - 1}")
+    computes = args.computes or max(5, size)
+    deadline = time.monotonic() + args.timeout
+    argv = ["datastore", "--packets", str(computes), "--fresh"]
+    datastore = submit(h, argv, "datastore", args.datastore_rank)
+    jobs = [datastore]
+    note(f"datastore job {datastore.f58}")
     try:
-        for line in attach_lines(datastore, deadline):
-            print(line, flush=True)
-            text.append(line)
-            if line == output.RUNNING:
-                for rank in compute_ranks(size, computes, ranks):
-                    submitted.append(submit(h, ["compute", str(sleep)], "compute", rank))
-                print(
-                    f"# {computes} computes: {' '.join(j.f58 for j in submitted)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        with attach(datastore) as stream:
+            for line in stream.follow(deadline):
+                print(line, flush=True)
+                if line == output.RUNNING:
+                    for rank in compute_ranks(size, computes, args.compute_ranks):
+                        jobs.append(submit(h, ["compute", str(args.sleep)], "compute", rank))
+                    note(f"{computes} computes: {' '.join(j.f58 for j in jobs[1:])}")
+        result = output.parse("\n".join(stream.lines))
+        return verify(h, result, jobs[1:], computes, deadline)
     except TimeoutError:
-        print(f"demo: no result within {timeout:g}s; cancelling", file=sys.stderr)
-        for jobid in [datastore, *submitted]:
-            flux.job.cancel(h, jobid, "conduit demo timed out")
-        return 1
-    return verify(h, output.parse("\n".join(text)), submitted, computes)
+        cancel_all(h, jobs, "conduit demo timed out")
+        raise ConduitError(
+            f"no result within {args.timeout:g}s; cancelled its {len(jobs)} jobs "
+            "(see `flux jobs -a`); raise --timeout on a busy instance"
+        ) from None
+    except BaseException:
+        cancel_all(h, jobs, "conduit demo stopped")
+        raise
 
 
-def why_failed(h: flux.Flux, jobid: flux.job.JobID) -> str | None:
-    """None if the job exited 0, else how it ended and where."""
-    flux.job.result(h, jobid)  # wait for it
+def why_failed(h: flux.Flux, jobid: flux.job.JobID, deadline: float) -> str | None:
+    """None if the job exited 0, else how it ended and where (TimeoutError: still running)."""
+    flux.job.result_async(h, jobid).wait_for(max(deadline - time.monotonic(), 0.001))
     job = flux.job.get_job(h, jobid)
     if job.get("returncode") == 0:
         return None
@@ -77,11 +79,15 @@ def why_failed(h: flux.Flux, jobid: flux.job.JobID) -> str | None:
 
 
 def verify(
-    h: flux.Flux, result: output.DatastoreOutput, computes: list[flux.job.JobID], want: int
+    h: flux.Flux,
+    result: output.DatastoreOutput,
+    computes: list[flux.job.JobID],
+    want: int,
+    deadline: float,
 ) -> int:
     keys = list(result.final_store)
     missing = [j for j in computes if not any(k.endswith(f"-{j.f58plain}") for k in keys)]
-    failed = [why for why in (why_failed(h, j) for j in computes) if why]
+    failed = [why for why in (why_failed(h, j, deadline) for j in computes) if why]
     ok = len(computes) == want and result.finished and not missing and not failed
     stored = len(computes) - len(missing)
     summary = f"demo: {stored} of {want} compute packets in the final store"

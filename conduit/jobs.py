@@ -1,20 +1,21 @@
-"""Submitting conduit jobs and following their output."""
+"""Submitting conduit jobs, following their output, and cleaning up after them."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import queue
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flux
 import flux.job
 
 from conduit import kvsdir
+from conduit.attach import AttachStream
+from conduit.errors import ConduitError
 
 
 def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None) -> flux.job.JobID:
@@ -33,43 +34,38 @@ def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None
     return flux.job.JobID(flux.job.submit(h, spec))
 
 
-def attach_lines(jobid: flux.job.JobID, deadline: float) -> Iterator[str]:
-    """Lines of `flux job attach JOBID` (stdout), until it ends or time is up."""
-    proc = subprocess.Popen(
-        ["flux", "job", "attach", str(jobid)], stdout=subprocess.PIPE, text=True
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=reader, daemon=True).start()
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                raise TimeoutError from None
-            if line is None:
-                proc.wait()
-                return
-            yield line
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def attach(jobid: flux.job.JobID) -> AttachStream:
+    """The output of job `jobid` as it comes (`flux job attach`)."""
+    return AttachStream(["flux", "job", "attach", str(jobid)])
 
 
 def wait_location(h: flux.Flux, jobid: flux.job.JobID, deadline: float) -> dict[str, Any]:
-    """Wait until datastore `jobid` has published its location in the KVS."""
-    while time.monotonic() < deadline:
-        location = kvsdir.location(h)
-        if location is not None and location.get("jobid") == int(jobid):
-            return location
-        if flux.job.get_job(h, jobid)["state"] == "INACTIVE":
-            raise RuntimeError(f"datastore job {jobid.f58} ended before it was ready")
-        time.sleep(0.1)
-    raise TimeoutError(f"datastore job {jobid.f58} was not ready in time")
+    """Wait until datastore `jobid` has published its location in the KVS.
+
+    Raises:
+        ConduitError: the job ended first, or the deadline passed.
+    """
+    ended = flux.job.result_async(h, jobid)
+    watch = kvsdir.ConduitDir(h).watch_location()
+    try:
+        while time.monotonic() < deadline:
+            try:
+                location = watch.wait_for(min(deadline - time.monotonic(), 0.5)).get()
+            except TimeoutError:
+                if ended.is_ready():
+                    raise ConduitError(
+                        f"datastore job {jobid.f58} ended before it was ready"
+                    ) from None
+                continue
+            if isinstance(location, dict) and location.get("jobid") == int(jobid):
+                return location
+        raise ConduitError(f"datastore job {jobid.f58} was not ready in time", errno.ETIMEDOUT)
+    finally:
+        watch.cancel()
+
+
+def cancel_all(h: flux.Flux, jobids: Iterable[flux.job.JobID], why: str) -> None:
+    """Cancel these jobs; those that already ended are fine."""
+    for jobid in jobids:
+        with contextlib.suppress(OSError):
+            flux.job.cancel(h, jobid, why)

@@ -1,28 +1,29 @@
 """A producer job for the benchmark and the reliability tests.
 
 Sends `count` packets of `size` bytes to a topic (conduit.put, or an echo
-such as broker.ping for the raw baseline), keeping `window` requests in
-flight, and prints one JSON line: what was acknowledged, when, and each
-packet's latency from send to acknowledgement.
+such as broker.ping for the raw baseline), `batch` packets per request
+(conduit.put only) and `in_flight` requests at once, and prints one JSON
+line: what was acknowledged, when, and each packet's latency from send
+to acknowledgement.
 
-With --retry-for, a packet that fails with an error a datastore restart
-clears is sent again (same producer and seq) to wherever the datastore
+With --retry-for, a request that fails with an error a datastore restart
+clears is sent again (same producer and seqs) to wherever the datastore
 now is, until that many seconds have passed.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import flux
-import flux.job
 
 from conduit import kvsdir
-from conduit.compute import job_name
+from conduit.client import job_name
+from conduit.errors import ConduitError, connect
 from conduit.protocol import PUT, RETRYABLE_ERRNOS
 
 
@@ -40,20 +41,27 @@ class Load:
     rank: int | None  # destination for topics other than conduit.put
     count: int
     size: int
-    window: int  # requests in flight
+    batch: int  # packets per request (conduit.put)
+    in_flight: int  # requests outstanding at once
     retry_for: float  # seconds to resend retryable failures (0: never)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Load:
+        if args.topic != PUT and args.rank is None:
+            raise ConduitError(f"--topic {args.topic} needs --rank")
+        if args.topic != PUT and args.batch != 1:
+            raise ConduitError("--batch is for --topic conduit.put only")
+        return cls(
+            args.topic, args.rank, args.count, args.size, args.batch, args.in_flight, args.retry_for
+        )
 
 
 class Producer:
     def __init__(self, h: flux.Flux, load: Load) -> None:
         self.h = h
-        self.topic = load.topic
-        self.rank = load.rank
-        self.count = load.count
-        self.size = load.size
-        self.window = load.window
-        self.retry_for = load.retry_for
+        self.load = load
         self.name = job_name()
+        self.kvs = kvsdir.ConduitDir(h)
         self.next_seq = 1
         self.acked = 0
         self.duplicates = 0
@@ -61,53 +69,67 @@ class Producer:
         self.errors: dict[str, int] = {}
         self.latency = [0.0] * load.count
         self.sent_at = [0.0] * load.count
-        self.retry_queue: list[int] = []
+        self.retry_queue: list[range] = []
         self.deadline = 0.0
-        self.timer: Any = None
-        self.settled = 0  # acknowledged or failed for good
+        self.settled = 0  # packets acknowledged or failed for good
         self.nodeid = 0
 
     def destination(self) -> int:
-        """conduit.put goes where the KVS says the datastore is; others to `rank`."""
-        if self.topic != PUT:
-            if self.rank is None:
-                raise OSError(0, f"{self.topic} needs --rank")
-            return self.rank
-        location = kvsdir.location(self.h)
+        """conduit.put goes where the KVS says the datastore is; others to the rank given."""
+        if self.load.topic != PUT:
+            assert self.load.rank is not None
+            return self.load.rank
+        location = self.kvs.location()
         if location is None:
-            raise OSError(0, "no datastore location in the KVS")
+            raise ConduitError("no datastore has published its location in the KVS")
         return int(location["rank"])
 
-    def send(self, seq: int, nodeid: int) -> None:
-        payload = {
-            "data": packet_data(self.name, seq, self.size),
+    def payload(self, seq: int) -> dict[str, Any]:
+        return {
+            "data": packet_data(self.name, seq, self.load.size),
             "producer": self.name,
             "seq": seq,
         }
-        if not self.sent_at[seq - 1]:
-            self.sent_at[seq - 1] = time.perf_counter()
-        self.h.rpc(self.topic, payload, nodeid=nodeid).then(self.on_response, seq)
 
-    def on_response(self, f: Any, seq: int) -> None:
+    def send_next(self) -> None:
+        """The next request: up to `batch` packets not sent before."""
+        if self.next_seq > self.load.count:
+            return
+        seqs = range(self.next_seq, min(self.next_seq + self.load.batch, self.load.count + 1))
+        self.next_seq = seqs.stop
+        self.send(seqs)
+
+    def send(self, seqs: range) -> None:
+        now = time.perf_counter()
+        for seq in seqs:
+            if not self.sent_at[seq - 1]:
+                self.sent_at[seq - 1] = now
+        if len(seqs) == 1:
+            payload = self.payload(seqs[0])
+        else:
+            payload = {"packets": [self.payload(seq) for seq in seqs]}
+        self.h.rpc(self.load.topic, payload, nodeid=self.nodeid).then(self.on_response, seqs)
+
+    def on_response(self, f: Any, seqs: range) -> None:
         try:
             response = f.get()
         except OSError as exc:
-            if self.retry_for > 0 and exc.errno in RETRYABLE_ERRNOS:
+            if self.load.retry_for > 0 and exc.errno in RETRYABLE_ERRNOS:
                 self.retries += 1
-                self.retry_queue.append(seq)
+                self.retry_queue.append(seqs)
                 return
             key = exc.strerror or str(exc.errno)
-            self.errors[key] = self.errors.get(key, 0) + 1
+            self.errors[key] = self.errors.get(key, 0) + len(seqs)
         else:
-            self.acked += 1
-            self.latency[seq - 1] = time.perf_counter() - self.sent_at[seq - 1]
-            if isinstance(response, dict) and response.get("duplicate"):
-                self.duplicates += 1
-        self.settled += 1
-        if self.next_seq <= self.count:
-            self.send(self.next_seq, self.nodeid)
-            self.next_seq += 1
-        elif self.settled == self.count:
+            now = time.perf_counter()
+            answers = response.get("packets", [response]) if isinstance(response, dict) else []
+            self.acked += len(seqs)
+            self.duplicates += sum(1 for a in answers if a.get("duplicate"))
+            for seq in seqs:
+                self.latency[seq - 1] = now - self.sent_at[seq - 1]
+        self.settled += len(seqs)
+        self.send_next()
+        if self.settled == self.load.count:
             self.h.reactor_stop()
 
     def on_retry_timer(self, *_: Any) -> None:
@@ -118,35 +140,36 @@ class Producer:
             return
         try:
             self.nodeid = self.destination()
-        except OSError:
+        except ConduitError:
             return
         queued, self.retry_queue = self.retry_queue, []
-        for seq in queued:
-            self.send(seq, self.nodeid)
+        for seqs in queued:
+            self.send(seqs)
 
     def run(self) -> dict[str, Any]:
         self.nodeid = self.destination()
-        self.deadline = time.monotonic() + self.retry_for
-        if self.retry_for > 0:
-            self.timer = self.h.timer_watcher_create(0.2, self.on_retry_timer, repeat=0.2)
-            self.timer.start()
+        self.deadline = time.monotonic() + self.load.retry_for
+        timer = None
+        if self.load.retry_for > 0:
+            timer = self.h.timer_watcher_create(0.2, self.on_retry_timer, repeat=0.2)
+            timer.start()
         start = time.time()
-        for _ in range(min(self.window, self.count)):
-            self.send(self.next_seq, self.nodeid)
-            self.next_seq += 1
+        for _ in range(self.load.in_flight):
+            self.send_next()
         self.h.reactor_run()
         end = time.time()
-        if self.timer:
-            self.timer.stop()
+        if timer:
+            timer.stop()
         return {
             "producer": self.name,
-            "topic": self.topic,
+            "topic": self.load.topic,
             "rank": self.h.get_rank(),
-            "count": self.count,
+            "count": self.load.count,
+            "batch": self.load.batch,
             "acked": self.acked,
             "duplicates": self.duplicates,
             "retries": self.retries,
-            "unacked": self.count - self.acked - sum(self.errors.values()),
+            "unacked": self.load.count - self.acked - sum(self.errors.values()),
             "errors": self.errors,
             "start": start,
             "end": end,
@@ -154,14 +177,11 @@ class Producer:
         }
 
 
-def main(load: Load, start_at: float) -> int:
-    h = flux.Flux()
-    if start_at:
-        time.sleep(max(start_at - time.time(), 0))
-    try:
-        report = Producer(h, load).run()
-    except OSError as exc:
-        print(f"conduit produce: {exc.strerror}", file=sys.stderr)
-        return 1
+def main(args: argparse.Namespace) -> int:
+    load = Load.from_args(args)
+    h = connect()
+    if args.start_at:
+        time.sleep(max(args.start_at - time.time(), 0))
+    report = Producer(h, load).run()
     print(json.dumps(report), flush=True)
     return 0 if report["acked"] == load.count else 1

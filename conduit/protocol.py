@@ -1,4 +1,4 @@
-"""Names shared by the module, the datastore and its clients."""
+"""Names and limits shared by the module (module/conduit.c), the datastore and its clients."""
 
 from __future__ import annotations
 
@@ -10,21 +10,17 @@ ATTACH = "conduit.attach"
 ACK = "conduit.ack"
 STATS = "conduit.stats"
 
-# The KVS directory of the conduit, in the instance's primary namespace
-# (a job's own KVS calls default to its job namespace).
-KVS_NAMESPACE = "primary"
-KVS_LOCATION = "conduit.datastore"  # {"rank", "jobid", "host"} of the live datastore
-# The store's log: a directory of segments 0, 1, ...; each holds the
-# batches of up to SEGMENT_COMMITS commits as JSON lines.  Appending to one
-# ever-growing key would make each commit cost more than the last.
-KVS_STORE = "conduit.store"
-SEGMENT_COMMITS = 64
-KVS_COMPUTES = "conduit.computes"  # one key per compute job that checked in
-
-MAX_DATA = 65536  # bytes of "data" the module accepts by default (max-data=)
+MAX_DATA = 65536  # bytes of one packet's "data" the module accepts by default (max-data=)
+MAX_DEPTH = 64  # nesting levels of one packet the module accepts by default (max-depth=)
+MAX_PACKETS_PER_PUT = 4096  # packets one batch put may carry
+DEFAULT_TIMEOUT = 30.0  # seconds a client's put may take, retries included
+DEFAULT_BATCH = 64  # packets per request of a client's put_many
+MODULE_ARGS = (
+    "max-data=BYTES, max-depth=LEVELS, backlog=PUTS, backlog-bytes=BYTES, unacked-batches=N"
+)
 
 # Errors after which a put may succeed if tried again: no datastore yet,
-# a datastore that went away, a full backlog, a rank that is down.
+# a datastore that went away, a full backlog, a rank that is down, no answer.
 RETRYABLE_ERRNOS = frozenset(
     {
         errno.ENOSYS,

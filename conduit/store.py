@@ -1,17 +1,21 @@
 """The datastore's state: the merged store and the packets behind it.
 
 The KVS log (conduit.store) holds the batches exactly as the module sent
-them, one JSON line per batch: {"packets": [{"id", "data", "producer"?,
-"seq"?}, ...]}.  Appending the module's own text costs the datastore no
-re-encoding.  A line may repeat a (producer, seq) that an earlier line
-holds (a retried put); replaying the log keeps the first, as the live
-datastore did, so a restarted datastore rebuilds the same store.
+them, one JSON line per batch: {"first", "last", "packets": [{"id",
+"data", "producer"?, "seq"?}, ...]}.  Appending the module's own text
+costs the datastore no re-encoding.  A line may repeat a (producer, seq)
+that an earlier line holds (a retried put); replaying the log keeps the
+first, as the live datastore did, so a restarted datastore rebuilds the
+same store.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 Packet = dict[str, Any]
@@ -20,8 +24,9 @@ TEST_ID = 0  # the module's own {"test": 101} packet, sent at each attach
 
 class Store:
     def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.count = 0  # packets stored, the test packet aside
+        self.data: dict[str, Any] = {}  # every stored packet merged, in order
+        self.count = 0  # packets stored
+        self.banner: dict[str, Any] = {}  # the test packet, shown first, never stored
         self._seen: set[tuple[str, int]] = set()
 
     def claim(self, packet: Packet) -> bool:
@@ -36,12 +41,30 @@ class Store:
         return True
 
     def apply(self, packet: Packet) -> None:
-        self.data.update(packet["data"])
-        if packet["id"] != TEST_ID:
+        if packet["id"] == TEST_ID:
+            self.banner.update(packet["data"])
+        else:
+            self.data.update(packet["data"])
             self.count += 1
 
     def render(self) -> str:
-        return json.dumps(self.data)
+        """The store as the original printed it: the test packet, then the rest."""
+        return json.dumps({**self.banner, **self.data})
+
+    def save(self, path: str | Path) -> None:
+        """Write the stored packets, merged, as JSON to `path`, atomically."""
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.data, f)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def from_log(cls, blob: bytes) -> Store:

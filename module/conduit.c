@@ -37,6 +37,11 @@
 
 #define MAX_WINDOW 8
 
+/* Read by the datastore (conduit/broker_module.py) to refuse a module
+ * built for another flux-core than the broker runs. */
+__attribute__((used)) static const char conduit_version_mark[] =
+    "conduit-flux-core-version=" FLUX_CORE_VERSION_STRING;
+
 static const size_t default_window = 4;
 static const size_t default_max_data = 65536;
 static const size_t default_backlog = 65536;

@@ -1,15 +1,12 @@
-"""The compose testbed as a pytest fixture: one Flux instance of N containers.
+"""The compose testbed: one Flux instance of N containers, driven from the host.
 
-`compose_cluster` (session scope) brings up compose.yaml, the 3-node
-testbed, under a project name of its own (conduit-test-<random>), waits
-until every node is healthy (`docker compose up --wait`) and always takes
-it down again (`down --volumes --remove-orphans`), unless --keep-cluster.
-`sized_cluster` does the same for another size (indirect parameter N) with
-a file that `conduit.testbed` writes.  When a test that uses a cluster
-fails, the `docker compose logs` of its nodes go into the test report.
-
-Where Docker, Compose v2 or the base image is missing, these fixtures
-skip the test with one line saying which.
+`running_cluster` brings up a testbed under a project name of its own
+(conduit-test-<random>), waits until every node is healthy (`docker
+compose up --wait`) and always takes it down again (`down --volumes
+--remove-orphans`), unless asked to keep it.  Commands reach the
+instance as a user would type them: `docker compose exec -T NODE flux
+...`; the docker SDK gives container state and testinfra runs commands
+inside a node.  The fixtures are in tests/plugin_compose.py.
 """
 
 from __future__ import annotations
@@ -17,24 +14,20 @@ from __future__ import annotations
 import functools
 import json
 import os
-import queue
 import secrets
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from conduit import testbed
+from tests.runner import REPO, FluxRunner, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "fluxrm/flux-core:bookworm-v0.88.0")
 COMPOSE = ["docker", "compose"]
 UP_TIMEOUT = 600  # the first build of the image included
@@ -71,7 +64,7 @@ def missing_compose() -> str | None:
 
 
 @dataclass
-class ComposeCluster:
+class ComposeCluster(FluxRunner):
     """A running testbed: `docker compose -p PROJECT -f FILE` with NODES nodes."""
 
     project: str
@@ -79,8 +72,17 @@ class ComposeCluster:
     file: Path
 
     @property
-    def command(self) -> list[str]:
+    def size(self) -> int:  # type: ignore[override]
+        return self.nodes
+
+    @property
+    def base(self) -> list[str]:
+        """`docker compose` for this project and file."""
         return [*COMPOSE, "--ansi", "never", "-p", self.project, "-f", str(self.file)]
+
+    def command(self, *argv: str, node: str | None = None) -> list[str]:
+        """`docker compose exec -T NODE ARGV...` (node0 by default), as a user on the host."""
+        return [*self.base, "exec", "-T", node or "node0", *argv]
 
     @property
     def names(self) -> list[str]:
@@ -89,7 +91,7 @@ class ComposeCluster:
     def compose(
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        argv = [*self.command, *args]
+        argv = [*self.base, *args]
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(
@@ -97,15 +99,6 @@ class ComposeCluster:
                 f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
             )
         return done
-
-    def exec(
-        self, node: str, *argv: str, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """`docker compose exec -T NODE ARGV...`, as a user on the host would."""
-        return self.compose("exec", "-T", node, *argv, check=check, timeout=timeout)
-
-    def flux(self, *args: str, node: str = "node0", **kw: Any) -> subprocess.CompletedProcess[str]:
-        return self.exec(node, "flux", *args, **kw)
 
     def up(self, timeout: float = UP_TIMEOUT) -> float:
         """Build, start and wait until every node is healthy; return the seconds it took."""
@@ -151,14 +144,10 @@ class ComposeCluster:
         return testinfra.get_host(f"docker://{self.container(node).name}")
 
     def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            states = {node: self.health(node) for node in self.names}
-            if all(s == "healthy" for s in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not all nodes healthy after {timeout:g}s: {states}")
-            time.sleep(0.5)
+        def healthy() -> bool:
+            return all(self.health(node) == "healthy" for node in self.names)
+
+        wait_until(healthy, timeout, f"every node of {self.project} healthy", pause=0.5)
 
     def overlay(self) -> dict[str, Any]:
         """The instance's overlay health (RPC overlay.health on rank 0), as JSON."""
@@ -168,128 +157,19 @@ class ComposeCluster:
         )
         return dict(json.loads(self.flux("python", "-c", code).stdout))
 
-    def attach(self, jobid: str, node: str = "node0") -> AttachStream:
-        return AttachStream([*self.command, "exec", "-T", node, "flux", "job", "attach", jobid])
-
-
-class AttachStream:
-    """The stdout lines of a `flux job attach`, read with deadlines."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def next(self, deadline: float) -> str | None:
-        """The next line, None at the end; AssertionError when time is up."""
-        try:
-            line = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
-        except queue.Empty:
-            raise AssertionError(f"no output within the time; got so far: {self.lines}") from None
-        if line is not None:
-            self.lines.append(line)
-        return line
-
-    def until(self, want: Any, timeout: float) -> str:
-        """Read up to the first line for which want(line) holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.next(deadline)
-            if line is None:
-                raise AssertionError(f"attach ended first: {self.lines}\n{self.stderr()}")
-            if want(line):
-                return line
-
-    def finish(self, timeout: float) -> int:
-        """Read to the end; the attach exit status."""
-        deadline = time.monotonic() + timeout
-        while self.next(deadline) is not None:
-            pass
-        return self.proc.wait(timeout=max(deadline - time.monotonic(), 1))
-
-    def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
 
 @contextmanager
-def running_cluster(config: pytest.Config, nodes: int) -> Iterator[ComposeCluster]:
-    """Up for the block, down after it (also on failure and Ctrl-C) unless --keep-cluster."""
-    reason = missing_compose()
-    if reason:
-        pytest.skip(f"needs Docker: {reason}")
+def running_cluster(nodes: int, keep: bool = False) -> Iterator[ComposeCluster]:
+    """Up for the block, down after it (also on failure and Ctrl-C) unless `keep`."""
     if nodes == testbed.DEFAULT_NODES:
         file = REPO / "compose.yaml"
     else:
         file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / f"compose.{nodes}.yaml"
         file.write_text(testbed.compose_yaml(nodes, context=str(REPO)))
     cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file)
-    keep = bool(config.getoption("--keep-cluster"))
     try:
         cluster.up()
         yield cluster
     finally:
-        if keep:
-            say(
-                config,
-                f"kept cluster {cluster.project}; remove it with: {' '.join(COMPOSE)} "
-                f"-p {cluster.project} -f {cluster.file} down --volumes --remove-orphans",
-            )
-        else:
+        if not keep:
             cluster.down()
-
-
-def say(config: pytest.Config, line: str) -> None:
-    """A line on the terminal, past pytest's output capture."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    if capture is None:
-        reporter.write_line(line)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write("\n")
-        reporter.write_line(line)
-
-
-@pytest.fixture(scope="session")
-def compose_cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
-    """The 3-node testbed of compose.yaml, shared by the session."""
-    with running_cluster(request.config, testbed.DEFAULT_NODES) as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def sized_cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
-    """A testbed of request.param nodes, for one test."""
-    with running_cluster(request.config, int(request.param)) as cluster:
-        yield cluster
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if not report.failed:
-        return
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, ComposeCluster):
-            report.sections.append((f"docker compose logs ({value.project})", value.logs()))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conduit.cli import parser
-from tests.instance import REPO
+from tests.runner import REPO
 
 
 def test_commands_and_defaults() -> None:
@@ -19,8 +19,9 @@ def test_commands_and_defaults() -> None:
 
 
 def test_bad_ranks_are_a_usage_error() -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit:
         parser().parse_args(["demo", "--compute-ranks", "a,b"])
+    assert exit.value.code == 2
 
 
 def test_python_without_flux_gets_one_clear_line() -> None:
@@ -30,8 +31,9 @@ def test_python_without_flux_gets_one_clear_line() -> None:
         "sys.exit(main(['compute', '1']))"
     )
     done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True)
-    assert done.returncode == 2
+    assert done.returncode == 1
     [line] = done.stderr.strip().splitlines()
+    assert line.startswith("conduit compute: this Python")
     assert "cannot import flux" in line and "flux python" in line
 
 
@@ -42,7 +44,11 @@ def test_python_without_flux_gets_one_clear_line() -> None:
         ["compute", "-2"],
         ["compute", "nan"],
         ["demo", "--computes", "0"],
-        ["bench", "--window", "0"],
+        ["bench", "--in-flight", "0"],
+        ["bench", "--producers", "0"],
+        ["bench", "--producers", "2,-1"],
+        ["put", "--batch", "0"],
+        ["datastore", "--print", "everything"],
         ["produce", "--count", "x"],
     ],
 )

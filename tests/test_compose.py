@@ -2,7 +2,7 @@
 
 Everything goes through `docker compose exec NODE flux ...` from the host,
 as a user would type it; the docker SDK gives container state and
-testinfra runs commands inside a node.  The fixtures (tests/compose_cluster.py)
+testinfra runs commands inside a node.  The fixtures (tests/plugin_compose.py)
 skip these tests where Docker, Compose v2 or the base image is missing.
 """
 
@@ -10,79 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from conduit import output
 from tests.compose_cluster import ComposeCluster
+from tests.runner import check_attach_output, idset, overlay_states
 
 pytestmark = pytest.mark.compose
 
 NODES = ["node0", "node1", "node2"]
-
-
-def plain(jobid: str) -> str:
-    """A job id as `flux submit` prints it (f58), in the ASCII form of store keys."""
-    return "f" + jobid[1:] if jobid.startswith("ƒ") else jobid
-
-
-def submit(cluster: ComposeCluster, *conduit_args: str, host: str | None = None) -> str:
-    """`flux submit ... flux python -m conduit ARGS` on node0; the job id."""
-    where = [f"--requires=host:{host}"] if host else []
-    done = cluster.flux(
-        "submit", "-N1", "-n1", "-u", *where, "flux", "python", "-m", "conduit", *conduit_args
-    )
-    return done.stdout.strip()
-
-
-def job(cluster: ComposeCluster, jobid: str) -> dict[str, Any]:
-    return dict(json.loads(cluster.flux("jobs", "--json", jobid).stdout))
-
-
-def wait_inactive(cluster: ComposeCluster, jobid: str, timeout: int = 120) -> dict[str, Any]:
-    cluster.flux("job", "wait-event", f"--timeout={timeout}", jobid, "clean", timeout=timeout + 30)
-    return job(cluster, jobid)
-
-
-def ranks(idset: str) -> list[int]:
-    """Expand an RFC 22 idset such as 0-2,5."""
-    out: list[int] = []
-    for part in idset.split(","):
-        first, _, last = part.partition("-")
-        out.extend(range(int(first), int(last or first) + 1))
-    return out
-
-
-def overlay_states(node: dict[str, Any]) -> dict[int, str]:
-    """rank -> overlay status, over the whole tree of an overlay.health answer."""
-    states = {int(node["rank"]): str(node["status"])}
-    for child in node.get("children", []):
-        states.update(overlay_states(child))
-    return states
-
-
-def check_attach_output(result: output.DatastoreOutput, computes: list[str]) -> None:
-    """The datastore's attach output, line by line, for these computes' packets."""
-    lines = result.lines
-    assert lines[:4] == [output.STARTING, output.LOADED, output.INITIALIZED, output.RUNNING]
-    assert lines[-2:] == [output.BYE, output.FINISHED]
-    body = lines[4:-2]
-    # "Waiting for a packet", then the store with that packet, for each packet
-    assert len(body) % 2 == 0, body
-    assert body[0::2] == [output.WAITING] * (len(body) // 2), body
-    stores = [json.loads(line) for line in body[1::2]]
-    assert stores == result.stores
-    assert stores[0] == {"test": 101}
-    assert len(stores) == 1 + len(computes)
-    for before, after in zip(stores, stores[1:]):
-        assert after.items() >= before.items()
-        assert len(after) == len(before) + 1
-    final = result.final_store
-    for jobid in computes:
-        keys = [k for k in final if k.endswith(f"-{plain(jobid)}")]
-        assert len(keys) == 1, f"no packet of compute {jobid} in {final}"
-        assert final[keys[0]] == "os.time"
 
 
 @dataclass
@@ -97,21 +34,18 @@ def run_scenario(
 ) -> Scenario:
     """A datastore and one compute per host, all submitted with `docker compose exec`."""
     packets = str(len(compute_hosts))
-    ds = submit(cluster, "datastore", "--packets", packets, "--fresh", host=datastore_host)
-    stream = cluster.attach(ds)
-    try:
+    ds = cluster.submit("datastore", "--packets", packets, "--fresh", host=datastore_host)
+    with cluster.attach(ds) as stream:
         stream.until(lambda line: line == output.INITIALIZED, timeout=120)
-        computes = [submit(cluster, "compute", "0", host=h) for h in compute_hosts]
+        computes = [cluster.submit("compute", "0", host=h) for h in compute_hosts]
         status = stream.finish(timeout=120)
-    finally:
-        stream.close()
     assert status == 0, f"attach {ds} exited {status}: {stream.lines}\n{stream.stderr()}"
     result = output.parse("\n".join(stream.lines))
-    check_attach_output(result, computes)
+    check_attach_output(result, [cluster.plain(j) for j in computes])
     for jobid, host in zip(computes, compute_hosts):
-        info = wait_inactive(cluster, jobid)
+        info = cluster.wait_inactive(jobid)
         assert (info["result"], info["nodelist"]) == ("COMPLETED", host), info
-    info = wait_inactive(cluster, ds)
+    info = cluster.wait_inactive(ds)
     assert info["result"] == "COMPLETED", info
     if datastore_host:
         assert info["nodelist"] == datastore_host
@@ -134,9 +68,9 @@ def test_nodes_healthy_overlay_full_resources_of_three_nodes(
 
     R = json.loads(compose_cluster.flux("resource", "R").stdout)
     [entry] = R["execution"]["R_lite"]
-    assert ranks(entry["rank"]) == [0, 1, 2]
+    assert idset(entry["rank"]) == [0, 1, 2]
     nproc = int(compose_cluster.host("node0").check_output("nproc"))
-    assert ranks(entry["children"]["core"]) == list(range(nproc))
+    assert idset(entry["children"]["core"]) == list(range(nproc))
     hosts = compose_cluster.flux("hostlist", "--expand", *R["execution"]["nodelist"]).stdout
     assert hosts.split() == NODES
     free = compose_cluster.flux(
@@ -169,17 +103,13 @@ def test_module_built_in_the_image_loads_on_a_rank_without_datastore(
     assert node1.file(module).is_file
     assert node1.run("flux python -m conduit --help").rc == 0
 
-    def loaded() -> bool:
-        listing = node1.check_output("flux module list")
-        return any(line.split()[:1] == ["conduit"] for line in listing.splitlines())
-
-    assert not loaded()
+    assert not compose_cluster.module_loaded(1)
     node1.check_output('flux module load "$CONDUIT_MODULE"')
     try:
-        assert loaded()
+        assert compose_cluster.module_loaded(1)
     finally:
         node1.check_output("flux module remove conduit")
-    assert not loaded()
+    assert not compose_cluster.module_loaded(1)
 
 
 def test_scenario_over_all_nodes(compose_cluster: ComposeCluster) -> None:
@@ -205,41 +135,39 @@ def test_node1_stopped_during_a_run_then_rejoins(compose_cluster: ComposeCluster
     over all nodes passes.
     """
     cluster = compose_cluster
-    ds = submit(cluster, "datastore", "--packets", "6", "--fresh", host="node0")
-    stream = cluster.attach(ds)
-    try:
+    ds = cluster.submit("datastore", "--packets", "6", "--fresh", host="node0")
+    with cluster.attach(ds) as stream:
         stream.until(lambda line: line == output.INITIALIZED, timeout=120)
         hosts = ["node0", "node1", "node2", "node0", "node1"]
         computes = [
-            submit(cluster, "compute", "600" if h == "node1" else "0", host=h) for h in hosts
+            cluster.submit("compute", "600" if h == "node1" else "0", host=h) for h in hosts
         ]
         on_node1 = [j for j, h in zip(computes, hosts) if h == "node1"]
         stream.until(lambda line: line.startswith("{") and len(json.loads(line)) == 6, 120)
         for jobid in on_node1:
-            assert job(cluster, jobid)["state"] == "RUN"
+            assert cluster.job(jobid)["state"] == "RUN"
 
         cluster.compose("stop", "node1")
         assert cluster.container("node1").status == "exited"
         for jobid in on_node1:
-            info = wait_inactive(cluster, jobid)
+            info = cluster.wait_inactive(jobid)
             assert info["result"] != "COMPLETED", info
             exception = info.get("exception", {})
             assert exception.get("occurred") and exception.get("severity") == 0, info
         assert overlay_states(cluster.overlay())[1] != "full"
-        assert job(cluster, ds)["state"] == "RUN"
+        assert cluster.job(ds)["state"] == "RUN"
 
         cluster.compose("start", "node1")
         cluster.flux("overlay", "status", "--summary", "--wait=full", "--timeout=120s", timeout=180)
         cluster.wait_healthy(timeout=120)
         assert overlay_states(cluster.overlay()) == {0: "full", 1: "full", 2: "full"}
 
-        last = submit(cluster, "compute", "0", host="node1")
+        last = cluster.submit("compute", "0", host="node1")
         status = stream.finish(timeout=120)
-    finally:
-        stream.close()
     assert status == 0, f"attach {ds} exited {status}: {stream.lines}\n{stream.stderr()}"
-    check_attach_output(output.parse("\n".join(stream.lines)), [*computes, last])
-    assert wait_inactive(cluster, last)["result"] == "COMPLETED"
+    plain_ids = [cluster.plain(j) for j in [*computes, last]]
+    check_attach_output(output.parse("\n".join(stream.lines)), plain_ids)
+    assert cluster.wait_inactive(last)["result"] == "COMPLETED"
 
     run_scenario(cluster, None, ["node0", "node1", "node2", "node0", "node1"])
 
@@ -251,11 +179,11 @@ def test_nodes_n_make_one_instance_and_the_demo_passes(sized_cluster: ComposeClu
     assert overlay_states(sized_cluster.overlay()) == {k: "full" for k in range(n)}
     for k in range(n):
         assert sized_cluster.health(f"node{k}") == "healthy"
-    demo = sized_cluster.flux("python", "-m", "conduit", "demo", "--sleep", "0", timeout=300)
+    demo = sized_cluster.conduit("demo", "--sleep", "0", timeout=300)
     result = output.parse(demo.stdout)
     want = max(5, n)  # the demo's default: one compute per node, at least 5
     assert result.lines[-1] == f"demo: {want} of {want} compute packets in the final store"
     [submitted] = [line for line in demo.stderr.splitlines() if " computes: " in line]
     computes = submitted.split(": ", 1)[1].split()
-    nodes = {job(sized_cluster, j)["nodelist"] for j in computes}
+    nodes = {sized_cluster.job(j)["nodelist"] for j in computes}
     assert nodes == {f"node{k}" for k in range(n)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import time
@@ -9,15 +10,15 @@ import time
 import pytest
 
 from conduit import output
-from tests.instance import MODULE, REPO, FluxInstance
+from tests.instance import MODULE, FluxInstance
+from tests.runner import REPO, compute_keys
 
 pytestmark = pytest.mark.flux
 
 
-def compute_keys(store: dict[str, object], jobids: list[str], inst: FluxInstance) -> list[str]:
-    """The store keys of these computes' packets (one per compute)."""
-    plain = [inst.flux("job", "id", "--to=f58plain", j).stdout.strip() for j in jobids]
-    return [k for k in store if any(k.endswith(f"-{p}") for p in plain)]
+def keys_of(inst: FluxInstance, store: dict[str, object], jobids: list[str]) -> list[str]:
+    """The store keys of these compute jobs' packets (one per compute)."""
+    return compute_keys(store, [inst.plain(j) for j in jobids])
 
 
 def test_demo_end_to_end(flux_instance: FluxInstance) -> None:
@@ -44,10 +45,10 @@ def test_datastore_on_rank2_computes_on_ranks_0_and_1(flux_instance: FluxInstanc
     computes = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 0, 1)]
     result = flux_instance.datastore_output(ds)
     for jobid in computes:
-        done = flux_instance.attach(jobid)
+        done = flux_instance.wait_output(jobid)
         assert done.returncode == 0, done.stderr
         assert "on rank 2" in done.stdout
-    assert len(compute_keys(result.final_store, computes, flux_instance)) == 4
+    assert len(keys_of(flux_instance, result.final_store, computes)) == 4
     assert result.finished
     assert not flux_instance.module_loaded(2)
 
@@ -61,7 +62,7 @@ def test_five_computes_at_once_make_five_entries(flux_instance: FluxInstance) ->
     computes = cc.stdout.split()
     result = flux_instance.datastore_output(ds)
     assert len(computes) == 5
-    assert len(compute_keys(result.final_store, computes, flux_instance)) == 5
+    assert len(keys_of(flux_instance, result.final_store, computes)) == 5
     # each store printed is the previous one plus exactly one packet
     sizes = [len(s) for s in result.stores]
     assert sizes == list(range(1, 7))
@@ -78,28 +79,11 @@ BAD_PUTS = [
     ({"data": "{}", "producer": "p"}, "go together"),
 ]
 
-PUT_SCRIPT = """
-import json, sys, flux
-h = flux.Flux()
-rank = json.loads(sys.argv[1]); results = []
-for payload in json.loads(sys.stdin.read()):
-    try:
-        results.append({"ok": h.rpc("conduit.put", payload, nodeid=rank).get()})
-    except OSError as exc:
-        results.append({"errno": exc.errno, "error": exc.strerror})
-print(json.dumps(results))
-"""
-
-
-def put_all(inst: FluxInstance, rank: int, payloads: list[object]) -> list[dict[str, object]]:
-    done = inst.python(PUT_SCRIPT, str(rank), input=json.dumps(payloads))
-    return json.loads(done.stdout)
-
 
 def test_bad_puts_get_clear_errors_and_the_next_put_succeeds(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
     flux_instance.wait_ready(ds)
-    results = put_all(flux_instance, 1, [p for p, _ in BAD_PUTS] + [{"data": '{"good": 1}'}])
+    results = flux_instance.put_all(1, [p for p, _ in BAD_PUTS] + [{"data": '{"good": 1}'}])
     for (payload, message), result in zip(BAD_PUTS, results):
         assert "error" in result, f"{payload} was accepted"
         assert message in str(result["error"]), result
@@ -112,7 +96,7 @@ def test_bad_puts_get_clear_errors_and_the_next_put_succeeds(flux_instance: Flux
 def test_put_without_a_datastore_is_refused(flux_instance: FluxInstance) -> None:
     flux_instance.flux("exec", "-r", "1", "flux", "module", "load", str(MODULE))
     try:
-        [result] = put_all(flux_instance, 1, [{"data": "{}"}])
+        [result] = flux_instance.put_all(1, [{"data": "{}"}])
     finally:
         flux_instance.flux("exec", "-r", "1", "flux", "module", "remove", "conduit")
     assert "no datastore is attached on rank 1" in str(result["error"])
@@ -148,9 +132,9 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance)
     flux_instance.wait_ready(first)
     early = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1)]
     for jobid in early:
-        assert flux_instance.attach(jobid).returncode == 0
+        assert flux_instance.wait_output(jobid).returncode == 0
     flux_instance.flux("cancel", first)
-    cancelled = flux_instance.attach(first)
+    cancelled = flux_instance.wait_output(first)
     assert cancelled.returncode != 0
     assert "packets stay in KVS conduit.store" in cancelled.stdout
     assert not flux_instance.module_loaded(2)
@@ -160,7 +144,7 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance)
     late = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 2)]
     result = flux_instance.datastore_output(second)
     assert any(line.startswith("Resumed 2 packets") for line in result.lines)
-    assert len(compute_keys(result.final_store, early + late, flux_instance)) == 5
+    assert len(keys_of(flux_instance, result.final_store, early + late)) == 5
     assert result.finished
 
 
@@ -168,12 +152,12 @@ def test_datastore_killed_leaves_no_module_in_the_way(flux_instance: FluxInstanc
     first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
     flux_instance.wait_ready(first)
     flux_instance.flux("job", "kill", "--signal=SIGKILL", first)
-    flux_instance.attach(first)
+    flux_instance.wait_output(first)
     second = flux_instance.submit("datastore", "--packets", "1", rank=0)
     flux_instance.wait_ready(second)
     compute = flux_instance.submit("compute", "0", rank=1)
     result = flux_instance.datastore_output(second)
-    assert flux_instance.attach(compute).returncode == 0
+    assert flux_instance.wait_output(compute).returncode == 0
     assert result.finished
 
 
@@ -212,11 +196,11 @@ print(json.dumps(out))
 
 def test_stalled_datastore_fills_the_backlog_without_blocking(flux_instance: FluxInstance) -> None:
     result = json.loads(flux_instance.python(STALLED_DATASTORE, str(MODULE)).stdout)
-    assert result["fourth"][0] == 11  # EAGAIN, at once
+    assert result["fourth"][0] == errno.EAGAIN  # at once
     assert "backlog" in result["fourth"][1]
     assert result["held_pending"] == [True, True, True]
     assert result["ping"] and result["held"] == 3
-    assert result["after_unload"] == [104, 104, 104]  # ECONNRESET
+    assert result["after_unload"] == [errno.ECONNRESET] * 3
 
 
 def test_a_second_datastore_is_refused_and_the_first_keeps_its_store(
@@ -225,10 +209,10 @@ def test_a_second_datastore_is_refused_and_the_first_keeps_its_store(
     first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
     flux_instance.wait_ready(first)
     second = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
-    refused = flux_instance.attach(second)
+    refused = flux_instance.wait_output(second)
     assert refused.returncode == 1
     assert "already serves the conduit on rank 0; cancel it first" in refused.stderr
-    [put] = put_all(flux_instance, 0, [{"data": '{"kept": 1}'}])
+    [put] = flux_instance.put_all(0, [{"data": '{"kept": 1}'}])
     assert put["ok"] == {"id": 1, "duplicate": False}
     assert flux_instance.datastore_output(first).final_store == {"test": 101, "kept": 1}
 

@@ -49,10 +49,12 @@ def test_replay_rebuilds_store_without_test_packets_or_duplicates() -> None:
     assert [p["id"] for p in log_packets(log)] == [1, 2, 3, 1]
 
 
-def test_test_packet_is_shown_but_not_counted() -> None:
+def test_test_packet_is_shown_first_but_not_stored() -> None:
     store = Store()
+    store.apply(packet(1, {"a": 1}))
     store.apply(packet(0, {"test": 101}))
-    assert (store.data, store.count) == ({"test": 101}, 0)
+    assert (store.data, store.count) == ({"a": 1}, 1)
+    assert store.render() == '{"test": 101, "a": 1}'
 
 
 def test_corrupt_log_line_is_an_error() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conduit import testbed
-from tests.instance import REPO
+from tests.runner import REPO
 
 
 def services(text: str) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.instance import REPO
+from tests.runner import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "integration.yml"
 

@@ -1,0 +1,72 @@
+"""`python3 -m conduit put`: JSON objects from the command line or JSON Lines, into the store.
+
+Every object is read and checked before anything is sent, so a bad line
+sends nothing.  The exit status is 0 only when every packet is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from conduit.client import Conduit, encode
+from conduit.errors import ConduitError
+
+
+def read_objects(texts: Iterable[str], source: str) -> list[dict[str, Any]]:
+    """Parse and check each non-blank text as one JSON object; `source` names them in errors."""
+    objects = []
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            continue
+        where = f"{source} {number}"
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ConduitError(f"{where} is not JSON ({exc}); nothing was sent") from None
+        except RecursionError:
+            raise ConduitError(f"{where} is nested too deeply; nothing was sent") from None
+        try:
+            encode(value, where)
+        except ConduitError as exc:
+            raise ConduitError(f"{exc}; nothing was sent", exc.errno) from None
+        objects.append(value)
+    return objects
+
+
+def inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.objects and args.file:
+        raise ConduitError("give JSON objects as arguments or --file, not both")
+    if args.objects:
+        return read_objects(args.objects, "argument")
+    if args.file == "-":
+        return read_objects(sys.stdin, "stdin line")
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return read_objects(f, f"{args.file} line")
+        except OSError as exc:
+            raise ConduitError(f"cannot read {args.file}: {exc.strerror}") from None
+    raise ConduitError(
+        "nothing to put: give JSON objects as arguments, or --file FILE (- for stdin)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    objects = inputs(args)
+    if not objects:
+        raise ConduitError("no JSON object in the input; nothing was sent")
+    conduit = Conduit(producer=args.producer, timeout=args.timeout)
+    start = time.monotonic()
+    receipts = conduit.put_many(objects, batch=args.batch)
+    duplicates = sum(r.duplicate for r in receipts)
+    print(
+        f"conduit put: {len(receipts)} packets stored ({duplicates} duplicates) in "
+        f"{conduit.location} in {time.monotonic() - start:.2f}s",
+        file=sys.stderr,
+    )
+    return 0
