@@ -203,3 +203,13 @@ def test_yaml_reads_back_every_string_as_written(value: str) -> None:
         "key": value,
         "nested": {"list": [{"k": value}]},
     }
+
+
+def test_docs_show_the_manifest_as_generated() -> None:
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    [shown] = re.findall(
+        r"^\$ python3 -m conduit\.testbed --minicluster 3\n(.*?)^```$",
+        docs,
+        flags=re.MULTILINE | re.DOTALL,
+    )
+    assert shown == minicluster.manifest(3)
