@@ -16,6 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from conduit import minicluster
+
 DEFAULT_NODES = 3
 PROJECT = "flux-conduit"
 
@@ -76,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=".",
         help="the repository root, relative to where the file goes (default: .)",
     )
+    minicluster.add_arguments(p)
     args = p.parse_args(argv)
+    if args.minicluster is not None:
+        return minicluster.run(args, p)
     try:
         sys.stdout.write(compose_yaml(args.nodes, args.context))
     except ValueError as exc:
