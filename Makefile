@@ -21,7 +21,7 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help module test lint up demo down logs shell bench bench-native bench-plot clean
+.PHONY: help module install uninstall test lint up demo down logs shell bench bench-native bench-plot clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,30 @@ $(MODULE): module/conduit.c
 	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter -Werror -fPIC -shared \
 	    $$($(PKG_CONFIG) --cflags flux-core jansson) -o $@ $< \
 	    $$($(PKG_CONFIG) --libs flux-core jansson)
+
+# `make install` puts the module in flux-core's module directory and the
+# package in the directory Flux's Python searches (`flux python`, and jobs
+# started with it), both under PREFIX, which defaults to flux-core's own.
+FLUX_PREFIX = $(shell $(PKG_CONFIG) --variable=prefix flux-core 2>/dev/null)
+PREFIX ?= $(FLUX_PREFIX)
+FLUX_PYTHON_VERSION = $(shell flux python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+MODULE_DIR = $(PREFIX)/lib/flux/modules
+PYTHON_DIR = $(PREFIX)/lib/flux/python$(FLUX_PYTHON_VERSION)
+
+install: $(MODULE) ## install the module and the package (PREFIX=$(FLUX_PREFIX), DESTDIR=)
+	@test -n "$(PREFIX)" && test -n "$(FLUX_PYTHON_VERSION)" || { echo "make install: needs" \
+	    "flux-core installed (pkg-config flux-core and \`flux python\`)" >&2; exit 1; }
+	install -D -m 0755 $(MODULE) $(DESTDIR)$(MODULE_DIR)/conduit.so
+	rm -rf $(DESTDIR)$(PYTHON_DIR)/conduit
+	install -d $(DESTDIR)$(PYTHON_DIR)/conduit
+	install -m 0644 conduit/*.py $(DESTDIR)$(PYTHON_DIR)/conduit/
+	@if [ "$(PREFIX)" != "$(FLUX_PREFIX)" ]; then \
+	    echo "make install: $(PREFIX) is not flux-core's prefix ($(FLUX_PREFIX)); set" \
+	    "FLUX_MODULE_PATH_PREPEND=$(MODULE_DIR) and FLUX_PYTHONPATH_PREPEND=$(PYTHON_DIR)"; fi
+
+uninstall: ## remove what `make install` installed (same PREFIX and DESTDIR)
+	rm -f $(DESTDIR)$(MODULE_DIR)/conduit.so
+	rm -rf $(DESTDIR)$(PYTHON_DIR)/conduit
 
 # With flux-core installed, `make test` builds the module the native tests load.
 HAVE_FLUX := $(shell $(PKG_CONFIG) --exists flux-core 2>/dev/null && echo yes)

@@ -21,11 +21,14 @@ VERSION_MARK = re.compile(rb"conduit-flux-core-version=(\d+)\.(\d+)\.(\d+)")
 
 
 def locate(explicit: str | None = None) -> str:
-    """The path (or name) to give to module.load.
+    """The path of the conduit.so to load.
 
     An explicit path, then $CONDUIT_MODULE, then the source tree's build,
-    then the bare name, which the broker looks up in its module path
-    (where `make install` puts it).
+    then the broker's module path ($FLUX_MODULE_PATH, as the `flux`
+    command sets it; where `make install` puts it).
+
+    Raises:
+        ConduitError: none of them has the module.
     """
     for candidate in (explicit, os.environ.get("CONDUIT_MODULE")):
         if candidate:
@@ -33,9 +36,14 @@ def locate(explicit: str | None = None) -> str:
             if not path.is_file():
                 raise ConduitError(f"{candidate}: no such file; {HOW_TO_BUILD}")
             return str(path)
-    if SOURCE_TREE_MODULE.is_file():
-        return str(SOURCE_TREE_MODULE)
-    return SERVICE
+    installed = [
+        Path(d) / f"{SERVICE}.so" for d in os.environ.get("FLUX_MODULE_PATH", "").split(":") if d
+    ]
+    for path in [SOURCE_TREE_MODULE, *installed]:
+        if path.is_file():
+            return str(path)
+    searched = ", ".join(str(p) for p in [SOURCE_TREE_MODULE, *installed])
+    raise ConduitError(f"no conduit module in {searched}; {HOW_TO_BUILD}, or `make install`")
 
 
 def built_for(path: str) -> str | None:
@@ -51,10 +59,8 @@ def check_version(h: flux.Flux, path: str) -> None:
     """Refuse a module built for another flux-core minor version than the broker's.
 
     Flux accepts patch-level differences between a module and its broker,
-    not minor ones.  A bare module name is checked by the module itself.
+    not minor ones.
     """
-    if not Path(path).is_file():
-        return
     built = built_for(path)
     running = h.attr_get("version")
     if built is None:
