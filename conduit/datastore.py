@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,6 +37,10 @@ from conduit.protocol import (
 )
 from conduit.store import Packet, Store, log_line
 
+# The module writes each batch's id range first, so a batch that cannot be
+# decoded can still be refused by its ids.
+BATCH_HEADER = re.compile(r'\{"first":(\d+),"last":(\d+),')
+
 
 @dataclass
 class Commit:
@@ -45,6 +50,7 @@ class Commit:
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # {"first", "last", "error"}
 
 
 class Datastore:
@@ -154,7 +160,11 @@ class Datastore:
         f.reset()
         if self.done:
             return  # past the target: left unacknowledged, these fail at unload
-        packets = json.loads(text)["packets"]
+        try:
+            packets = json.loads(text)["packets"]
+        except (ValueError, RecursionError) as exc:
+            self.refuse(text, exc)
+            return
         commit = self.next_commit
         commit.upto = packets[-1]["id"]
         commit.lines.append(log_line(text))
@@ -170,6 +180,23 @@ class Datastore:
                 )
         self.start_commit()
 
+    def refuse(self, text: str, reason: Exception) -> None:
+        """Refuse a batch that cannot be decoded: not logged, its puts get an error."""
+        header = BATCH_HEADER.match(text)
+        if header is None:
+            self.fail(f"a batch without its id range cannot be refused: {reason}")
+            return
+        first, last = int(header[1]), int(header[2])
+        print(
+            f"conduit datastore: refused packets {first}..{last}: {reason}",
+            file=sys.stderr,
+            flush=True,
+        )
+        commit = self.next_commit
+        commit.upto = last
+        commit.refused.append({"first": first, "last": last, "error": str(reason)})
+        self.start_commit()
+
     def start_commit(self) -> None:
         """Append the waiting batches to the log in one commit, if none is in flight.
 
@@ -178,9 +205,12 @@ class Datastore:
         best: the KVS spends about the same per commit whatever its size
         (docs/performance.md).
         """
-        if not self.next_commit.lines or self.in_flight:
+        if self.in_flight or not (self.next_commit.lines or self.next_commit.refused):
             return
         commit, self.next_commit = self.next_commit, Commit()
+        if not commit.lines:  # only refused batches: nothing to commit
+            self.stored(commit)
+            return
         self.in_flight = commit
         blob = b"".join(commit.lines)
         txn = flux.kvs.KVSTxn(self.h, namespace=KVS_NAMESPACE)
@@ -214,7 +244,7 @@ class Datastore:
                     self.say(output.WAITING)
         self.h.rpc(
             ACK,
-            {"upto": commit.upto, "duplicates": commit.duplicates},
+            {"upto": commit.upto, "duplicates": commit.duplicates, "refused": commit.refused},
             flags=flux.constants.FLUX_RPC_NORESPONSE,
         )
         if self.reached_target():
