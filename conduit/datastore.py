@@ -178,7 +178,7 @@ class Datastore:
             self.fail(f"cannot decode a batch from the conduit, nor its ids: {exc}")
             return
         first, last = int(found[1]), int(found[2])
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = str(exc)
         print(f"conduit datastore: refused packets {first}..{last}: {reason}", file=sys.stderr)
         commit.refused.append({"first": first, "last": last, "error": reason})
         commit.upto = last

@@ -33,8 +33,8 @@ print(json.dumps({
 """
 
 
-def datastore(inst: FluxInstance, *args: str, rank: int = 1) -> str:
-    ds = inst.submit("datastore", "--fresh", *args, rank=rank)
+def datastore(inst: FluxInstance, *args: str, rank: int = 1, fresh: bool = True) -> str:
+    ds = inst.submit("datastore", *(["--fresh"] if fresh else []), *args, rank=rank)
     inst.wait_ready(ds)
     return ds
 
@@ -65,7 +65,8 @@ RETRYING_JOB = """
 import json, sys
 from conduit.client import Conduit
 count = int(sys.argv[1])
-receipts = Conduit(timeout=120).put_many(({f"k{i}": i} for i in range(count)), batch=16, in_flight=4)
+objects = ({f"k{i}": i} for i in range(count))
+receipts = Conduit(timeout=120).put_many(objects, batch=16, in_flight=4)
 print(json.dumps([[r.id, r.duplicate] for r in receipts]))
 """
 
@@ -81,7 +82,7 @@ def test_retried_puts_across_a_killed_datastore_restarted_elsewhere(
     flux_instance.flux("job", "kill", "--signal=SIGKILL", first)
     assert flux_instance.wait_output(first).returncode != 0
 
-    second = datastore(flux_instance, "--packets", "0", "--print", "none", rank=2)
+    second = datastore(flux_instance, "--packets", "0", "--print", "none", rank=2, fresh=False)
     done = flux_instance.wait_output(job, timeout=180)
     assert done.returncode == 0, done.stderr
     receipts = json.loads(done.stdout)

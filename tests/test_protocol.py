@@ -12,7 +12,6 @@ import pytest
 
 from conduit import output
 from tests.instance import MODULE, FluxInstance
-from tests.test_native import put_all
 
 pytestmark = pytest.mark.flux
 
@@ -26,16 +25,11 @@ def nested(levels: int) -> str:
     return '{"deep":' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
 
 
-def stats(inst: FluxInstance, rank: int) -> dict[str, Any]:
-    rpc = f"flux.Flux().rpc('conduit.stats', nodeid={rank}).get()"
-    return json.loads(inst.python(f"import flux, json; print(json.dumps({rpc}))").stdout)
-
-
 def test_a_batch_put_answers_each_packet_in_order(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "3", "--fresh", rank=1)
     flux_instance.wait_ready(ds)
     batch = {"packets": [{"data": data(a=1)}, {"data": data(b=2)}, {"data": data(c=3)}]}
-    [result] = put_all(flux_instance, 1, [batch])
+    [result] = flux_instance.put_all(1, [batch])
     assert result["ok"] == {
         "packets": [
             {"id": 1, "duplicate": False},
@@ -60,7 +54,7 @@ def test_a_batch_reports_duplicates_per_packet(flux_instance: FluxInstance) -> N
             {"data": data(plain=1)},
         ]
     }
-    results = put_all(flux_instance, 1, [first, batch])
+    results = flux_instance.put_all(1, [first, batch])
     assert results[0]["ok"] == {"id": 1, "duplicate": False}
     assert results[1]["ok"] == {
         "packets": [
@@ -97,7 +91,7 @@ def test_a_malformed_packet_refuses_the_whole_batch(flux_instance: FluxInstance)
         ({"packets": {"data": "{}"}}, errno.EPROTO, '"packets" must be an array'),
         ({"packets": valid[:1], "data": "{}"}, errno.EPROTO, 'give "data" or "packets"'),
     ]
-    results = put_all(flux_instance, 1, [b for b, _, _ in bad_batches] + [{"data": data(after=1)}])
+    results = flux_instance.put_all(1, [b for b, _, _ in bad_batches] + [{"data": data(after=1)}])
     for (_, errnum, message), result in zip(bad_batches, results):
         assert result.get("errno") == errnum, result
         assert message in str(result["error"]), result
@@ -158,8 +152,7 @@ def test_a_batch_over_the_backlog_says_which_limit(flux_instance: FluxInstance) 
 def test_nesting_at_the_limit_is_stored_one_past_is_refused(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "2", "--fresh", rank=1)
     flux_instance.wait_ready(ds)
-    results = put_all(
-        flux_instance,
+    results = flux_instance.put_all(
         1,
         [
             {"data": nested(65)},
@@ -191,11 +184,11 @@ def test_the_datastore_refuses_a_packet_it_cannot_decode_and_goes_on(
         "datastore", "--packets", "1", "--fresh", "--module-arg", "max-depth=1500", rank=1
     )
     flux_instance.wait_ready(ds)
-    results = put_all(flux_instance, 1, [{"data": nested(1200)}, {"data": data(after=1)}])
+    results = flux_instance.put_all(1, [{"data": nested(1200)}, {"data": data(after=1)}])
     assert results[0]["errno"] == errno.EPROTO
     assert "conduit: the datastore could not store this packet: " in results[0]["error"]
     assert results[1]["ok"] == {"id": 2, "duplicate": False}
-    done = flux_instance.attach(ds)
+    done = flux_instance.wait_output(ds)
     assert done.returncode == 0, done.stderr
     [refused] = [ln for ln in done.stderr.splitlines() if "refused" in ln]
     assert refused.startswith("conduit datastore: refused packets 1..1: maximum recursion depth")
@@ -206,8 +199,7 @@ def test_seq_and_producer_are_checked(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
     flux_instance.wait_ready(ds)
     producer = ("é中😀" * 86)[:256]  # 256 characters, 2 to 4 bytes each
-    results = put_all(
-        flux_instance,
+    results = flux_instance.put_all(
         1,
         [
             {"data": data(zero=1), "seq": 0},
@@ -260,7 +252,7 @@ def test_stats_report_the_flux_core_version_built_against(flux_instance: FluxIns
     module_args = ["unacked-batches=2", "max-depth=10"]
     flux_instance.flux("exec", "-r", "1", "flux", "module", "load", str(MODULE), *module_args)
     try:
-        got = stats(flux_instance, 1)
+        got = flux_instance.stats(1)
     finally:
         flux_instance.flux("exec", "-r", "1", "flux", "module", "remove", "conduit")
     assert got["flux_version"] == libflux
