@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import time
@@ -219,3 +220,33 @@ def test_readme_example_job_runs_as_written(flux_instance: FluxInstance, tmp_pat
     stop(flux_instance, ds)
     assert done.returncode == 0, done.stderr
     assert store["packets"] == 2 * 10 + 2 * 100  # two tasks: 10 steps, then 100 samples each
+
+
+# Puts with a 3 s timeout; prints how long it took and what it raised.
+BOUNDED_PUT = """
+import json, time
+from conduit.client import Conduit, ConduitError
+conduit = Conduit(timeout=3)
+start = time.monotonic()
+try:
+    conduit.put_many([{"a": 1}, {"b": 2}], batch=1)
+    outcome = "stored"
+except ConduitError as exc:
+    outcome = [exc.errno, str(exc)]
+print(json.dumps({"seconds": time.monotonic() - start, "outcome": outcome}))
+"""
+
+
+def test_a_put_never_waits_past_its_timeout(flux_instance: FluxInstance) -> None:
+    """A datastore that stops answering (SIGSTOP) holds the puts; the client gives up in time."""
+    ds = datastore(flux_instance, "--packets", "0", rank=2)
+    flux_instance.flux("job", "kill", "--signal=SIGSTOP", ds)
+    try:
+        report = json.loads(flux_instance.python(BOUNDED_PUT, timeout=60).stdout)
+    finally:
+        flux_instance.flux("job", "kill", "--signal=SIGCONT", ds)
+    stop(flux_instance, ds)
+    code, message = report["outcome"]
+    assert code == errno.ETIMEDOUT
+    assert message.startswith("no datastore acknowledged 2 of 2 packets within 3s: ")
+    assert 3 <= report["seconds"] < 4  # the timeout, not a request's or the overlay's
