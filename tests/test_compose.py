@@ -154,6 +154,7 @@ def test_node1_stopped_during_a_run_then_rejoins(compose_cluster: ComposeCluster
             assert info["result"] != "COMPLETED", info
             exception = info.get("exception", {})
             assert exception.get("occurred") and exception.get("severity") == 0, info
+            assert exception.get("type") == "exec", info
         assert overlay_states(cluster.overlay())[1] != "full"
         assert cluster.job(ds)["state"] == "RUN"
 
