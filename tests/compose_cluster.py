@@ -1,12 +1,15 @@
 """The compose testbed as a pytest fixture: one Flux instance of N containers.
 
-`compose_cluster` (session scope) brings up compose.yaml, the 3-node
-testbed, under a project name of its own (conduit-test-<random>), waits
-until every node is healthy (`docker compose up --wait`) and always takes
-it down again (`down --volumes --remove-orphans`), unless --keep-cluster.
-`sized_cluster` does the same for another size (indirect parameter N) with
-a file that `conduit.testbed` writes.  When a test that uses a cluster
-fails, the `docker compose logs` of its nodes go into the test report.
+`compose_cluster` (session scope) brings up a 3-node testbed under a
+project name of its own (conduit-test-<random>), the way `make up` does
+(conduit.testbed: the image tagged by a hash of its build inputs, ready
+once every broker is online and every node's resources are up), waits
+until every node is healthy too, and always takes it down again (`down
+--volumes --remove-orphans`), unless --keep-cluster.  `sized_cluster` does
+the same for another size (indirect parameter N).  A cluster's instance
+holds exactly its nodes unless made with room to grow (`size`), which
+`scale` uses.  When a test that uses a cluster fails, the `docker compose
+logs` of its nodes go into the test report.
 
 Where Docker, Compose v2 or the base image is missing, these fixtures
 skip the test with one line saying which.
@@ -72,11 +75,22 @@ def missing_compose() -> str | None:
 
 @dataclass
 class ComposeCluster:
-    """A running testbed: `docker compose -p PROJECT -f FILE` with NODES nodes."""
+    """A running testbed: `docker compose -p PROJECT -f FILE` with NODES of SIZE nodes."""
 
     project: str
     nodes: int
     file: Path
+    size: int = 0  # the instance's size; 0: as many as nodes
+
+    def __post_init__(self) -> None:
+        self.size = self.size or self.nodes
+
+    @property
+    def testbed(self) -> testbed.Testbed:
+        """The same life cycle as `make up`, `make scale`, `make down`."""
+        return testbed.Testbed(
+            self.project, self.file, compose=[*COMPOSE, "--ansi", "never"], quiet=True
+        )
 
     @property
     def command(self) -> list[str]:
@@ -90,7 +104,9 @@ class ComposeCluster:
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         argv = [*self.command, *args]
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            argv, cwd=REPO, env=self.testbed.env(), capture_output=True, text=True, timeout=timeout
+        )
         if check and done.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} exited {done.returncode}\n"
@@ -108,21 +124,29 @@ class ComposeCluster:
         return self.exec(node, "flux", *args, **kw)
 
     def up(self, timeout: float = UP_TIMEOUT) -> float:
-        """Build, start and wait until every node is healthy; return the seconds it took."""
-        start = time.monotonic()
-        done = self.compose(
-            "up", "--build", "--detach", "--wait", "--wait-timeout", str(int(timeout)),
-            "--remove-orphans", check=False, timeout=timeout + 60,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"`docker compose up --wait` of {self.project} failed "
-                f"({done.returncode}):\n{done.stderr[-4000:]}\n{self.logs()}"
-            )
-        return time.monotonic() - start
+        """Build if needed, start, wait until ready and healthy; the seconds to ready."""
+        try:
+            ready = self.testbed.up(self.nodes, self.size, timeout)
+        except testbed.TestbedError as exc:
+            raise RuntimeError(f"up of {self.project} failed: {exc}\n{self.logs()}") from None
+        self.wait_healthy(timeout=120)
+        return ready.seconds
+
+    def scale(self, nodes: int, timeout: float = 300) -> float:
+        """`make scale NODES=nodes` on this cluster; the seconds to ready."""
+        ready = self.testbed.scale(nodes, timeout)
+        self.nodes = nodes
+        self.wait_healthy(timeout=120)
+        return ready.seconds
+
+    def wait_ready(self, timeout: float = 120) -> testbed.Ready:
+        """Until every started broker is online and every started node's resources are up."""
+        return self.testbed.wait_ready(self.nodes, timeout)
 
     def down(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+        self.compose(
+            "down", "--volumes", "--remove-orphans", "--timeout", "60", check=False, timeout=300
+        )
 
     def logs(self) -> str:
         done = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=60)
@@ -228,17 +252,17 @@ class AttachStream:
 
 
 @contextmanager
-def running_cluster(config: pytest.Config, nodes: int) -> Iterator[ComposeCluster]:
-    """Up for the block, down after it (also on failure and Ctrl-C) unless --keep-cluster."""
+def running_cluster(config: pytest.Config, nodes: int, size: int = 0) -> Iterator[ComposeCluster]:
+    """Up for the block, down after it (also on failure and Ctrl-C) unless --keep-cluster.
+
+    The instance holds `size` nodes (default: `nodes`); its compose file is
+    written by conduit.testbed into a directory of its own.
+    """
     reason = missing_compose()
     if reason:
         pytest.skip(f"needs Docker: {reason}")
-    if nodes == testbed.DEFAULT_NODES:
-        file = REPO / "compose.yaml"
-    else:
-        file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / f"compose.{nodes}.yaml"
-        file.write_text(testbed.compose_yaml(nodes, context=str(REPO)))
-    cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file)
+    file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / "compose.yaml"
+    cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file, size)
     keep = bool(config.getoption("--keep-cluster"))
     try:
         cluster.up()
@@ -252,6 +276,7 @@ def running_cluster(config: pytest.Config, nodes: int) -> Iterator[ComposeCluste
             )
         else:
             cluster.down()
+            shutil.rmtree(file.parent, ignore_errors=True)
 
 
 def say(config: pytest.Config, line: str) -> None:
@@ -270,7 +295,7 @@ def say(config: pytest.Config, line: str) -> None:
 
 @pytest.fixture(scope="session")
 def compose_cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
-    """The 3-node testbed of compose.yaml, shared by the session."""
+    """The testbed of the default size (conduit.testbed.DEFAULT_NODES), shared by the session."""
     with running_cluster(request.config, testbed.DEFAULT_NODES) as cluster:
         yield cluster
 
