@@ -28,6 +28,7 @@ command (`docker compose` by default).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
 import hashlib
 import json
@@ -344,18 +345,30 @@ class Testbed:
         return self._engine("image", "inspect", ref).returncode == 0
 
     def ensure_image(self, timeout: float = 1800) -> str:
-        """The image the nodes run: a published one (pulled if missing), else built if missing."""
+        """The image the nodes run: a published one (pulled if missing), else built if missing.
+
+        A tag that exists is never built again: a rebuild, even fully cached,
+        may give another image id, and compose would then recreate every
+        container that runs the tag.  The lock keeps two projects from
+        building the same tag at once.
+        """
         ref = self.image_ref
         if self.image_present(ref):
             return ref
-        if self.image:
-            self.say(f"pulling {ref}")
-            done = self._engine("pull", ref, timeout=timeout)
-            if done.returncode != 0:
-                raise TestbedError(f"cannot pull {ref}: {done.stderr.strip()[-300:]}")
-            return ref
-        self.say(f"building {ref} (its tag is a hash of the build inputs)")
-        self.run("build", "node0", timeout=timeout, show=True)
+        lock = self.repo / "build" / ".image.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            if self.image_present(ref):
+                return ref
+            if self.image:
+                self.say(f"pulling {ref}")
+                done = self._engine("pull", ref, timeout=timeout)
+                if done.returncode != 0:
+                    raise TestbedError(f"cannot pull {ref}: {done.stderr.strip()[-300:]}")
+                return ref
+            self.say(f"building {ref} (its tag is a hash of the build inputs)")
+            self.run("build", "node0", timeout=timeout, show=True)
         return ref
 
     # -- the instance ------------------------------------------------------
@@ -447,8 +460,8 @@ class Testbed:
                 self.say(
                     f"up: replacing the running instance {self.project} "
                     f"({', '.join(why) or 'its compose file changed'}): "
-                    f"{len(replaced)} containers are recreated and its {self.running_jobs()} "
-                    "running jobs end; the KVS in its state volume is kept"
+                    f"{len(replaced)} containers are recreated, its running jobs "
+                    f"({self.running_jobs()}) end, the KVS in its state volume is kept"
                 )
         start = time.monotonic()
         extra = [s for s in before if s.startswith("node") and int(s[4:]) >= nodes]

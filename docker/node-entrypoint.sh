@@ -4,28 +4,38 @@
 # keeps its state in /var/lib/flux (a volume) and dumps/restores the KVS
 # across restarts, the instance runs without waiting for every node
 # (broker.quorum=1), and a broker that exits is started again, except
-# after `flux shutdown` (exit code 42, broker.exit-norestart).
+# rank 0's after `flux shutdown` or a failed start (exit code 42,
+# broker.exit-norestart).  A follower is always started again: it fails
+# to start when it cannot reach rank 0 (rank 0 restarting, its network
+# cut), and that passes.
 #
 # The restart loop is here rather than in Docker's restart policy because
 # a follower exits whenever rank 0 restarts or its network is cut, and
 # Docker's growing back-off would keep it down long after the fault ended.
 set -eu
 
-size=${SIZE:-3}
+size=${SIZE:-}
 cert=/etc/flux/curve/curve.cert
 conf=/etc/flux/conduit
 NORESTART=42
 
-name=$(hostname)
-case "$name" in
-    node[0-9]*) ;;
-    *) echo "conduit-node: hostname $name is not nodeK; set hostname: in compose" >&2
-       exit 1 ;;
-esac
-
 log() {
     echo "conduit-node: $*" >&2
 }
+
+name=$(hostname)
+case "$name" in
+    node[0-9]*) ;;
+    *) log "hostname $name is not nodeK; set hostname: in compose"
+       exit 1 ;;
+esac
+
+case "$size" in
+    '' | *[!0-9]* | 0*)
+        log "SIZE='$size' is not the instance size; start the nodes with make up" \
+            "(conduit.testbed writes SIZE into the compose file)"
+        exit 1 ;;
+esac
 
 # The certificate is made once per cluster, by node0, into the shared
 # volume; mv makes it appear whole to the other nodes.
@@ -56,6 +66,12 @@ if [ "$name" = node0 ] && [ -d /var/lib/flux/dump ]; then
     ls -t /var/lib/flux/dump/*.tgz 2>/dev/null | tail -n +4 | while read -r old; do
         rm -f "$old"
     done
+fi
+
+# Only rank 0 exits with the no-restart code.
+norestart=
+if [ "$name" = node0 ]; then
+    norestart=-Sbroker.exit-norestart=$NORESTART
 fi
 
 stopping=0
@@ -93,7 +109,7 @@ while [ "$stopping" = 0 ]; do
         -Sbroker.quorum=1 \
         -Sbroker.quorum-warn=none \
         -Sbroker.cleanup-timeout=45 \
-        -Sbroker.exit-norestart=$NORESTART \
+        $norestart \
         -Scontent.dump=auto \
         -Scontent.restore=auto \
         -Slog-stderr-level=6 \
@@ -113,8 +129,9 @@ while [ "$stopping" = 0 ]; do
         [ "$rc" = 0 ] || log "broker exited $rc while stopping"
         exit 0
     fi
-    if [ "$rc" = "$NORESTART" ]; then
-        log "broker exited $rc (flux shutdown): not restarting it"
+    if [ -n "$norestart" ] && [ "$rc" = "$NORESTART" ]; then
+        log "broker exited $rc (flux shutdown, or a failed start): not restarting it;" \
+            "make up starts it again"
         exit 0
     fi
     # Restart at once after a long run; back off (up to 30 s) from a

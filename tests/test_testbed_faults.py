@@ -270,8 +270,8 @@ def test_up_with_another_image_says_so_before_replacing_the_instance(
 
     assert said == [
         f"up: replacing the running instance {c.project} "
-        f"(image {c.testbed.image_ref} -> {other}): 4 containers are recreated "
-        "and its 1 running jobs end; the KVS in its state volume is kept"
+        f"(image {c.testbed.image_ref} -> {other}): 4 containers are recreated, "
+        "its running jobs (1) end, the KVS in its state volume is kept"
     ]
     assert all(started(c, s)[0] != before[s][0] for s in before)
     assert job_state(c, job) == "INACTIVE"
