@@ -561,11 +561,12 @@ def cmd_up(args: argparse.Namespace) -> None:
     fresh = not tb.file.parent.exists()
     try:
         ready = tb.up(nodes, size, args.timeout)
-    except BaseException:
-        if fresh and not tb.containers():
+    finally:
+        # Remember what runs, ready or not; a project that never started leaves nothing.
+        if tb.containers():
+            remember_nodes(tb, nodes)
+        elif fresh:
             shutil.rmtree(tb.file.parent, ignore_errors=True)
-        raise
-    remember_nodes(tb, nodes)
     tb.say(ready.line())
     tb.run("exec", "-T", "node0", "flux", "resource", "list", show=True, check=False)
 
