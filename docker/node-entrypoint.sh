@@ -134,12 +134,12 @@ while [ "$stopping" = 0 ]; do
             "make up starts it again"
         exit 0
     fi
-    # Restart at once after a long run; back off (up to 30 s) from a
-    # broker that keeps failing at start.
-    if [ $(($(date +%s) - started)) -ge 30 ]; then
+    # Restart at once after a run of 10 s or more; back off (up to 5 s)
+    # from a broker that keeps failing at start.
+    if [ $(($(date +%s) - started)) -ge 10 ]; then
         delay=1
     fi
     log "broker exited $rc; starting it again in ${delay}s"
     sleep "$delay"
-    delay=$((delay * 2 > 30 ? 30 : delay * 2))
+    delay=$((delay * 2 > 5 ? 5 : delay * 2))
 done
