@@ -7,25 +7,41 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 MODULE = module/conduit.so
 
-# The compose testbed: NODES brokers (default 3; `make up NODES=N` remembers N
-# for demo, down, logs and shell).  compose.yaml is the 3-node file; other
-# sizes use build/compose.N.yaml, generated the same way.
+# The compose testbed (conduit/testbed.py does the work; it also holds the
+# defaults).  NODES brokers run, of an instance made for MAX_NODES; both are
+# remembered per PROJECT in build/PROJECT/ until `make down`.  COMPOSE is the
+# compose command; IMAGE, a published image to run instead of building one.
 COMPOSE ?= docker compose
 PROJECT ?= flux-conduit
-NODES ?= $(shell cat build/nodes 2>/dev/null || echo 3)
-COMPOSE_FILE = $(if $(filter 3,$(NODES)),compose.yaml,build/compose.$(NODES).yaml)
-DC = $(COMPOSE) -p $(PROJECT) -f $(COMPOSE_FILE)
+NODES ?=
+MAX_NODES ?=
+IMAGE ?=
+KEEP_STATE ?=
 WAIT_TIMEOUT ?= 300
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
+TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' --image '$(IMAGE)'
+PROJECT_FILE = build/$(PROJECT)/compose.yaml
+DC = $(COMPOSE) -p $(PROJECT) -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)
+# The demo's computes go to the nodes that run, one per node and at least 5,
+# as the demo does for a whole instance (the nodes not started are down),
+# unless DEMO_ARGS says otherwise.
+STARTED = $(shell cat build/$(PROJECT)/nodes 2>/dev/null)
+DEMO_PLACEMENT = $(if $(STARTED),\
+    $(if $(findstring --computes,$(DEMO_ARGS)),,--computes $(shell echo $$(($(STARTED) > 5 ? $(STARTED) : 5)))) \
+    $(if $(findstring --compute-ranks,$(DEMO_ARGS)),,--compute-ranks $(shell seq -s, 0 $$(($(STARTED) - 1)))))
+
 .DEFAULT_GOAL := help
-.PHONY: help module install uninstall test lint up demo down logs shell bench bench-native bench-plot clean
+.PHONY: help module install uninstall test lint up scale restart status stop down demo logs \
+    shell bench bench-native bench-plot clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: NODES=$(NODES) PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)'"
+	@echo "  variables: NODES=N MAX_NODES=N PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)' IMAGE=ref KEEP_STATE=1"
+	@echo "             ENGINE_SOCKET=/var/run/docker.sock DEMO_ARGS=... BENCH_ARGS=... WAIT_TIMEOUT=$(WAIT_TIMEOUT)"
+	@echo "  defaults: $$($(PYTHON) -m conduit.testbed defaults) (remembered per PROJECT until make down)"
 
 module: $(MODULE) ## build module/conduit.so against the installed flux-core
 
@@ -70,22 +86,26 @@ lint: ## ruff over the Python
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-build/compose.%.yaml: conduit/testbed.py
-	@mkdir -p build
-	$(PYTHON) -m conduit.testbed --nodes $* --context .. > $@
+up: ## build the image if the sources changed, start NODES brokers, wait until ready
+	@$(TESTBED) up --nodes '$(NODES)' --max-nodes '$(MAX_NODES)' --timeout $(WAIT_TIMEOUT)
 
-up: $(COMPOSE_FILE) ## build the image, start NODES brokers, wait until all are online
-	@mkdir -p build && echo $(NODES) > build/nodes
-	$(DC) build
-	@start=$$(date +%s.%N); \
-	$(DC) up --detach --wait --wait-timeout $(WAIT_TIMEOUT) --remove-orphans \
-	    || { $(DC) logs --no-color --tail=50; exit 1; }; \
-	end=$$(date +%s.%N); \
-	echo "cluster ready: $(NODES) nodes online in $$(awk "BEGIN {printf \"%.1f\", $$end - $$start}")s"
-	$(DC) exec -T node0 flux resource list
+scale: ## start or stop brokers of the running instance: make scale NODES=N
+	@$(TESTBED) scale --nodes '$(NODES)' --timeout $(WAIT_TIMEOUT)
+
+restart: ## restart every broker, rank 0 included; the instance's state is kept
+	@$(TESTBED) restart --timeout $(WAIT_TIMEOUT)
+
+status: ## brokers online and nodes' resources up
+	@$(TESTBED) status
+
+stop: ## stop the containers, keeping everything; make up starts them again
+	@$(TESTBED) stop
+
+down: ## remove the cluster: containers, network, certificate AND rank 0's state (KEEP_STATE=1 keeps volumes)
+	@$(TESTBED) down $(if $(KEEP_STATE),--keep-state)
 
 demo: ## the conduit demo inside node0; exit status says whether every packet arrived
-	$(DC) exec -T node0 flux python -m conduit demo $(DEMO_ARGS)
+	$(DC) exec -T node0 flux python -m conduit demo $(strip $(DEMO_PLACEMENT) $(DEMO_ARGS))
 
 bench: ## the benchmark on the testbed; results in build/bench.json (plot: make bench-plot)
 	@mkdir -p build
@@ -101,15 +121,12 @@ bench-native: module ## the benchmark in a `flux start --test-size=3` here
 bench-plot: ## draw build/bench.json as build/bench.png (needs matplotlib)
 	$(PYTHON) -m conduit plot build/bench.json build/bench.png
 
-down: ## stop and remove the cluster, its network and its certificate volume
-	$(DC) down --volumes --remove-orphans --timeout 20
-	@rm -f build/nodes
-
 logs: ## the brokers' logs
 	$(DC) logs --no-color
 
 shell: ## a shell on node0, as the instance owner
 	$(DC) exec node0 bash
 
-clean: ## remove build products
-	rm -rf $(MODULE) build
+clean: ## remove build products (a testbed's remembered size in build/PROJECT/ stays: make down)
+	rm -f $(MODULE)
+	find build -maxdepth 1 -type f -delete 2>/dev/null || true

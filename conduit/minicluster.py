@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from conduit import __version__
@@ -149,24 +150,31 @@ def manifest(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The --minicluster option and its own options, for conduit.testbed."""
-    group = parser.add_argument_group(
-        "Kubernetes", "write a Flux Operator MiniCluster instead of a compose file"
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python3 -m conduit.testbed",
+        description="Write a Flux Operator MiniCluster that runs the conduit demo.",
     )
-    group.add_argument(
-        "--minicluster", type=int, metavar="N", help="a MiniCluster of N pods that runs the demo"
+    p.add_argument(
+        "--minicluster",
+        type=int,
+        metavar="N",
+        required=True,
+        help="a MiniCluster of N pods that runs the demo",
     )
-    group.add_argument("--image", default=DEFAULT_IMAGE, help="the pods' image (%(default)s)")
-    group.add_argument("--name", default=DEFAULT_NAME, help="the MiniCluster (%(default)s)")
-    group.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="its namespace (%(default)s)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="the pods' image (%(default)s)")
+    p.add_argument("--name", default=DEFAULT_NAME, help="the MiniCluster (%(default)s)")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="its namespace (%(default)s)")
+    return p
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Write the MiniCluster that `args` ask for to stdout."""
+def main(argv: Sequence[str]) -> int:
+    """Write the MiniCluster that `argv` asks for to stdout."""
+    p = parser()
+    args = p.parse_args(argv)
     try:
         text = manifest(args.minicluster, args.image, args.name, args.namespace)
     except ValueError as exc:
-        parser.error(str(exc))
+        p.error(str(exc))
     sys.stdout.write(text)
     return 0

@@ -1,12 +1,16 @@
 """The compose testbed: one Flux instance of N containers, driven from the host.
 
 `running_cluster` brings up a testbed under a project name of its own
-(conduit-test-<random>), waits until every node is healthy (`docker
-compose up --wait`) and always takes it down again (`down --volumes
---remove-orphans`), unless asked to keep it.  Commands reach the
-instance as a user would type them: `docker compose exec -T NODE flux
-...`; the docker SDK gives container state and testinfra runs commands
-inside a node.  The fixtures are in tests/plugin_compose.py.
+(conduit-test-<random>), the way `make up` does (conduit.testbed: the
+image tagged by a hash of its build inputs, ready once every broker is
+online and every node's resources are up), waits until every node is
+healthy too, and always takes it down again (`down --volumes
+--remove-orphans`), unless asked to keep it.  A cluster's instance holds
+exactly its nodes unless made with room to grow (`size`), which `scale`
+uses.  Commands reach the instance as a user would type them: `docker
+compose exec -T NODE flux ...`; the docker SDK gives container state and
+testinfra runs commands inside a node.  The fixtures are in
+tests/plugin_compose.py.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,15 +68,27 @@ def missing_compose() -> str | None:
 
 @dataclass
 class ComposeCluster(FluxRunner):
-    """A running testbed: `docker compose -p PROJECT -f FILE` with NODES nodes."""
+    """A running testbed: `docker compose -p PROJECT -f FILE` with NODES of SIZE nodes."""
 
     project: str
     nodes: int
     file: Path
+    size: int = 0  # the instance's size; 0: as many as nodes
+
+    def __post_init__(self) -> None:
+        self.size = self.size or self.nodes
+
+    @functools.cached_property
+    def testbed(self) -> testbed.Testbed:
+        """The same life cycle as `make up`, `make scale`, `make down`."""
+        return testbed.Testbed(
+            self.project, self.file, compose=[*COMPOSE, "--ansi", "never"], quiet=True
+        )
 
     @property
-    def size(self) -> int:  # type: ignore[override]
-        return self.nodes
+    def env(self) -> dict[str, str]:  # type: ignore[override]
+        """The environment compose runs in (it names the image)."""
+        return self.testbed.env()
 
     @property
     def base(self) -> list[str]:
@@ -92,7 +107,9 @@ class ComposeCluster(FluxRunner):
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         argv = [*self.base, *args]
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and done.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} exited {done.returncode}\n"
@@ -101,21 +118,29 @@ class ComposeCluster(FluxRunner):
         return done
 
     def up(self, timeout: float = UP_TIMEOUT) -> float:
-        """Build, start and wait until every node is healthy; return the seconds it took."""
-        start = time.monotonic()
-        done = self.compose(
-            "up", "--build", "--detach", "--wait", "--wait-timeout", str(int(timeout)),
-            "--remove-orphans", check=False, timeout=timeout + 60,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"`docker compose up --wait` of {self.project} failed "
-                f"({done.returncode}):\n{done.stderr[-4000:]}\n{self.logs()}"
-            )
-        return time.monotonic() - start
+        """Build if needed, start, wait until ready and healthy; the seconds to ready."""
+        try:
+            ready = self.testbed.up(self.nodes, self.size, timeout)
+        except testbed.TestbedError as exc:
+            raise RuntimeError(f"up of {self.project} failed: {exc}\n{self.logs()}") from None
+        self.wait_healthy(timeout=120)
+        return ready.seconds
+
+    def scale(self, nodes: int, timeout: float = 300) -> float:
+        """`make scale NODES=nodes` on this cluster; the seconds to ready."""
+        ready = self.testbed.scale(nodes, timeout)
+        self.nodes = nodes
+        self.wait_healthy(timeout=120)
+        return ready.seconds
+
+    def wait_ready(self, timeout: float = 120) -> testbed.Ready:
+        """Until every started broker is online and every started node's resources are up."""
+        return self.testbed.wait_ready(self.nodes, timeout)
 
     def down(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+        self.compose(
+            "down", "--volumes", "--remove-orphans", "--timeout", "60", check=False, timeout=300
+        )
 
     def logs(self) -> str:
         done = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=60)
@@ -159,17 +184,18 @@ class ComposeCluster(FluxRunner):
 
 
 @contextmanager
-def running_cluster(nodes: int, keep: bool = False) -> Iterator[ComposeCluster]:
-    """Up for the block, down after it (also on failure and Ctrl-C) unless `keep`."""
-    if nodes == testbed.DEFAULT_NODES:
-        file = REPO / "compose.yaml"
-    else:
-        file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / f"compose.{nodes}.yaml"
-        file.write_text(testbed.compose_yaml(nodes, context=str(REPO)))
-    cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file)
+def running_cluster(nodes: int, keep: bool = False, size: int = 0) -> Iterator[ComposeCluster]:
+    """Up for the block, down after it (also on failure and Ctrl-C) unless `keep`.
+
+    The instance holds `size` nodes (default: `nodes`); its compose file is
+    written by conduit.testbed into a directory of its own.
+    """
+    file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / "compose.yaml"
+    cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file, size)
     try:
         cluster.up()
         yield cluster
     finally:
         if not keep:
             cluster.down()
+            shutil.rmtree(file.parent, ignore_errors=True)

@@ -1,15 +1,17 @@
 """pytest plugin: the compose testbed as fixtures, with their option.
 
-`compose_cluster` (session scope) is the 3-node testbed of compose.yaml;
+`compose_cluster` (session scope) is a testbed of the default size;
 `sized_cluster` is a testbed of N nodes for one test (indirect parameter
-N).  Both skip, with the reason, where Docker, Compose v2 or the base
-image is missing.  When a test that uses a cluster fails, the `docker
-compose logs` of its nodes go into the test report.
+N); `new_cluster` makes testbeds inside a test.  They skip, with the
+reason, where Docker, Compose v2 or the base image is missing.  When a
+test that uses a cluster fails, the `docker compose logs` of its nodes go
+into the test report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -26,31 +28,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def cluster_of(request: pytest.FixtureRequest, nodes: int) -> Iterator[ComposeCluster]:
+NewCluster = Callable[..., AbstractContextManager[ComposeCluster]]
+
+
+def cluster_maker(config: pytest.Config) -> NewCluster:
+    """`with make(nodes, size=0) as cluster:` a testbed of its own for the block."""
     reason = missing_compose()
     if reason:
         pytest.skip(f"needs Docker: {reason}")
-    keep = bool(request.config.getoption("--keep-cluster"))
-    with running_cluster(nodes, keep) as cluster:
-        yield cluster
-    if keep:
-        say(
-            request.config,
-            f"kept cluster {cluster.project}; remove it with: {' '.join(COMPOSE)} "
-            f"-p {cluster.project} -f {cluster.file} down --volumes --remove-orphans",
-        )
+    keep = bool(config.getoption("--keep-cluster"))
+
+    @contextmanager
+    def make(nodes: int, size: int = 0) -> Iterator[ComposeCluster]:
+        with running_cluster(nodes, keep, size) as cluster:
+            yield cluster
+        if keep:
+            say(
+                config,
+                f"kept cluster {cluster.project}; remove it with: {' '.join(COMPOSE)} "
+                f"-p {cluster.project} -f {cluster.file} down --volumes --remove-orphans",
+            )
+
+    return make
 
 
 @pytest.fixture(scope="session")
 def compose_cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
-    """The 3-node testbed of compose.yaml, shared by the session."""
-    yield from cluster_of(request, testbed.DEFAULT_NODES)
+    """The testbed of the default size (conduit.testbed.DEFAULT_NODES), shared by the session."""
+    with cluster_maker(request.config)(testbed.DEFAULT_NODES) as cluster:
+        yield cluster
 
 
 @pytest.fixture
 def sized_cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
     """A testbed of request.param nodes, for one test."""
-    yield from cluster_of(request, int(request.param))
+    with cluster_maker(request.config)(int(request.param)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def new_cluster(request: pytest.FixtureRequest) -> NewCluster:
+    """Testbeds of a test's own: `with new_cluster(3, size=6) as cluster:`."""
+    return cluster_maker(request.config)
 
 
 def say(config: pytest.Config, line: str) -> None:

@@ -102,14 +102,19 @@ class FluxRunner(ABC):
         return self.flux("python", "-m", "conduit", *args, **kw)
 
     # Jobs.
-    def submit(self, *conduit_args: str, rank: int | None = None, host: str | None = None) -> str:
-        """Submit `flux python -m conduit ARGS...` as a job; its id as `flux submit` prints it."""
+    def submit_command(
+        self, *command: str, rank: int | None = None, host: str | None = None
+    ) -> str:
+        """Submit `command` as a one-task job; its id as `flux submit` prints it."""
         where = [f"--requires=rank:{rank}"] if rank is not None else []
         where += [f"--requires=host:{host}"] if host else []
-        done = self.flux(
-            "submit", "-N1", "-n1", "-u", *where, "flux", "python", "-m", "conduit", *conduit_args
+        return self.flux("submit", "-N1", "-n1", "-u", *where, *command).stdout.strip()
+
+    def submit(self, *conduit_args: str, rank: int | None = None, host: str | None = None) -> str:
+        """Submit `flux python -m conduit ARGS...` as a job; its id."""
+        return self.submit_command(
+            "flux", "python", "-m", "conduit", *conduit_args, rank=rank, host=host
         )
-        return done.stdout.strip()
 
     def attach(self, jobid: str, node: str | None = None) -> AttachStream:
         """The job's output as it comes."""
@@ -128,6 +133,11 @@ class FluxRunner(ABC):
 
     def job(self, jobid: str) -> dict[str, Any]:
         return dict(json.loads(self.flux("jobs", "--json", jobid).stdout))
+
+    def job_state(self, jobid: str) -> str:
+        """The job's state (RUN, INACTIVE, ...), or "unknown" to this instance."""
+        done = self.flux("jobs", "--json", jobid, check=False)
+        return str(json.loads(done.stdout)["state"]) if done.returncode == 0 else "unknown"
 
     def wait_inactive(self, jobid: str, timeout: int = 120) -> dict[str, Any]:
         self.flux("job", "wait-event", f"--timeout={timeout}", jobid, "clean", timeout=timeout + 30)
