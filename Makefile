@@ -25,13 +25,6 @@ PYTEST_ARGS ?=
 TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' --image '$(IMAGE)'
 PROJECT_FILE = build/$(PROJECT)/compose.yaml
 DC = $(COMPOSE) -p $(PROJECT) -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)
-# The demo's computes go to the nodes that run, one per node and at least 5,
-# as the demo does for a whole instance (the nodes not started are down),
-# unless DEMO_ARGS says otherwise.
-STARTED = $(shell cat build/$(PROJECT)/nodes 2>/dev/null)
-DEMO_PLACEMENT = $(if $(STARTED),\
-    $(if $(findstring --computes,$(DEMO_ARGS)),,--computes $(shell echo $$(($(STARTED) > 5 ? $(STARTED) : 5)))) \
-    $(if $(findstring --compute-ranks,$(DEMO_ARGS)),,--compute-ranks $(shell seq -s, 0 $$(($(STARTED) - 1)))))
 
 .DEFAULT_GOAL := help
 .PHONY: help module install uninstall test lint up scale restart status stop down demo logs \
@@ -105,7 +98,7 @@ down: ## remove the cluster: containers, network, certificate AND rank 0's state
 	@$(TESTBED) down $(if $(KEEP_STATE),--keep-state)
 
 demo: ## the conduit demo inside node0; exit status says whether every packet arrived
-	$(DC) exec -T node0 flux python -m conduit demo $(strip $(DEMO_PLACEMENT) $(DEMO_ARGS))
+	$(DC) exec -T node0 flux python -m conduit demo $(DEMO_ARGS)
 
 bench: ## the benchmark on the testbed; results in build/bench.json (plot: make bench-plot)
 	@mkdir -p build

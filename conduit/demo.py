@@ -15,16 +15,29 @@ from collections.abc import Sequence
 
 import flux
 import flux.job
+from flux.idset import IDset
 
 from conduit import output
 from conduit.errors import ConduitError, connect
 from conduit.jobs import attach, cancel_all, submit
 
 
-def compute_ranks(size: int, count: int, ranks: Sequence[int] | None) -> list[int]:
-    """Spread `count` computes round-robin over `ranks` (default: all ranks)."""
-    pool = list(ranks) if ranks else list(range(size))
+def compute_ranks(pool: Sequence[int], count: int) -> list[int]:
+    """Spread `count` computes round-robin over the ranks of `pool`."""
     return [pool[i % len(pool)] for i in range(count)]
+
+
+def usable_ranks(h: flux.Flux) -> list[int]:
+    """The ranks that can run a compute: online, not drained, not excluded.
+
+    A testbed made with room to grow has ranks that are not started;
+    computes sent there would wait for ever.
+    """
+    status = h.rpc("resource.status", nodeid=0).get()
+    unusable = set(IDset(status["exclude"] or "")) | {
+        rank for ranks in status["drain"] for rank in IDset(ranks)
+    }
+    return [rank for rank in IDset(status["online"] or "") if rank not in unusable]
 
 
 def note(line: str) -> None:
@@ -38,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConduitError(f"--compute-ranks: the instance has ranks 0 to {size - 1}")
     if args.datastore_rank is not None and args.datastore_rank >= size:
         raise ConduitError(f"--datastore-rank: the instance has ranks 0 to {size - 1}")
-    computes = args.computes or max(5, size)
+    pool = args.compute_ranks or usable_ranks(h)
+    computes = args.computes or max(5, len(pool))
     deadline = time.monotonic() + args.timeout
     argv = ["datastore", "--packets", str(computes), "--fresh"]
     datastore = submit(h, argv, "datastore", args.datastore_rank)
@@ -49,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
             for line in stream.follow(deadline):
                 print(line, flush=True)
                 if line == output.RUNNING:
-                    for rank in compute_ranks(size, computes, args.compute_ranks):
+                    for rank in compute_ranks(pool, computes):
                         jobs.append(submit(h, ["compute", str(args.sleep)], "compute", rank))
                     note(f"{computes} computes: {' '.join(j.f58 for j in jobs[1:])}")
         result = output.parse("\n".join(stream.lines))

@@ -10,6 +10,8 @@ where Docker, Compose v2 or the base image is missing.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -114,17 +116,37 @@ def test_killed_node_comes_back_by_itself(cluster: ComposeCluster) -> None:
     runs_on(c, "node2")
 
 
+# Puts one packet with a 4 s timeout; prints how long it took and what it raised.
+BOUNDED_PUT = """
+import json, time
+from conduit.client import Conduit, ConduitError
+start = time.monotonic()
+try:
+    Conduit(timeout=4).put({"during-the-cut": 1})
+    outcome = "stored"
+except ConduitError as exc:
+    outcome = [exc.errno, str(exc)]
+print(json.dumps({"seconds": time.monotonic() - start, "outcome": outcome}))
+"""
+
+
 @pytest.mark.slow
 def test_node_cut_off_longer_than_the_overlay_timeout_comes_back_by_itself(
     cluster: ComposeCluster,
 ) -> None:
+    """A datastore's node cut off: puts give up within their timeout; the node heals by
+    itself, and the next datastore resumes every packet acknowledged before the cut."""
     import docker
 
     c = cluster
+    ds = c.submit("datastore", "--packets", "0", "--fresh", host="node2")
+    c.wait_ready(ds)
+    c.conduit("put", '{"before-the-cut": 1}', timeout=120)
     ident, when = started(c, "node2")
     network = docker.from_env().networks.get(f"{c.project}_default")
     network.disconnect(c.container("node2"))
     try:
+        report = json.loads(c.python(BOUNDED_PUT, timeout=60).stdout)
         # rank 0 declares node2 lost once the overlay's timeout has passed
         wait_until(
             lambda: 2 not in (c.testbed.probe() or testbed.Probe(0, [2], [])).online,
@@ -133,11 +155,21 @@ def test_node_cut_off_longer_than_the_overlay_timeout_comes_back_by_itself(
         )
     finally:
         network.connect(c.container("node2"))
+    code, message = report["outcome"]
+    assert code == errno.ETIMEDOUT, message
+    assert 4 <= report["seconds"] < 5  # its own timeout, not the overlay's
 
     assert_healed(c)
     # the broker came back inside the container; nothing restarted it from outside
     assert started(c, "node2") == (ident, when)
     runs_on(c, "node2")
+    # the cut datastore's job died with its broker; the next one resumes its store
+    assert c.job_state(ds) == "INACTIVE"
+    resumed = c.submit("datastore", "--packets", "2", host="node1")
+    c.wait_ready(resumed)
+    c.conduit("put", '{"after-the-cut": 1}', timeout=120)
+    result = c.datastore_output(resumed)
+    assert result.final_store == {"test": 101, "before-the-cut": 1, "after-the-cut": 1}
 
 
 def demo(c: ComposeCluster) -> None:
