@@ -148,7 +148,7 @@ class FluxRunner(ABC):
         return self.flux("job", "id", "--to=f58plain", jobid).stdout.strip()
 
     # The conduit.
-    def wait_ready(self, jobid: str, timeout: float = 60) -> dict[str, Any]:
+    def wait_datastore(self, jobid: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until datastore `jobid` has published its location; the location."""
         want = int(self.flux("job", "id", "--to=dec", jobid).stdout)
 

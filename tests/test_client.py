@@ -36,7 +36,7 @@ print(json.dumps({
 
 def datastore(inst: FluxInstance, *args: str, rank: int = 1, fresh: bool = True) -> str:
     ds = inst.submit("datastore", *(["--fresh"] if fresh else []), *args, rank=rank)
-    inst.wait_ready(ds)
+    inst.wait_datastore(ds)
     return ds
 
 

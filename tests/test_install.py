@@ -84,7 +84,7 @@ def test_a_patch_level_difference_is_accepted(flux_instance: FluxInstance, tmp_p
     major, minor, _ = running.split(".")
     module = module_built_for(tmp_path, f"{major}.{minor}.9".encode())
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", "--module", str(module))
-    rank = flux_instance.wait_ready(ds)["rank"]
+    rank = flux_instance.wait_datastore(ds)["rank"]
     [put] = flux_instance.put_all(rank, [{"data": '{"ok": 1}'}])
     assert "ok" in put
     result = flux_instance.datastore_output(ds)

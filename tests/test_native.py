@@ -40,7 +40,7 @@ def test_demo_end_to_end(flux_instance: FluxInstance) -> None:
 
 def test_datastore_on_rank2_computes_on_ranks_0_and_1(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "4", "--fresh", rank=2)
-    location = flux_instance.wait_ready(ds)
+    location = flux_instance.wait_datastore(ds)
     assert location["rank"] == 2
     computes = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 0, 1)]
     result = flux_instance.datastore_output(ds)
@@ -55,7 +55,7 @@ def test_datastore_on_rank2_computes_on_ranks_0_and_1(flux_instance: FluxInstanc
 
 def test_five_computes_at_once_make_five_entries(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--fresh")
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     cc = flux_instance.flux(
         "submit", "--cc=1-5", "-N1", "-n1", "flux", "python", "-m", "conduit", "compute", "0"
     )
@@ -82,7 +82,7 @@ BAD_PUTS = [
 
 def test_bad_puts_get_clear_errors_and_the_next_put_succeeds(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     results = flux_instance.put_all(1, [p for p, _ in BAD_PUTS] + [{"data": '{"good": 1}'}])
     for (payload, message), result in zip(BAD_PUTS, results):
         assert "error" in result, f"{payload} was accepted"
@@ -129,7 +129,7 @@ def test_compute_without_datastore_fails_fast_with_one_line(flux_instance: FluxI
 
 def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance) -> None:
     first = flux_instance.submit("datastore", "--packets", "5", "--fresh", rank=2)
-    flux_instance.wait_ready(first)
+    flux_instance.wait_datastore(first)
     early = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1)]
     for jobid in early:
         assert flux_instance.wait_output(jobid).returncode == 0
@@ -140,7 +140,7 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance)
     assert not flux_instance.module_loaded(2)
 
     second = flux_instance.submit("datastore", "--packets", "5", rank=2)
-    flux_instance.wait_ready(second)
+    flux_instance.wait_datastore(second)
     late = [flux_instance.submit("compute", "0", rank=r) for r in (0, 1, 2)]
     result = flux_instance.datastore_output(second)
     assert any(line.startswith("Resumed 2 packets") for line in result.lines)
@@ -150,11 +150,11 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance)
 
 def test_datastore_killed_leaves_no_module_in_the_way(flux_instance: FluxInstance) -> None:
     first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
-    flux_instance.wait_ready(first)
+    flux_instance.wait_datastore(first)
     flux_instance.flux("job", "kill", "--signal=SIGKILL", first)
     flux_instance.wait_output(first)
     second = flux_instance.submit("datastore", "--packets", "1", rank=0)
-    flux_instance.wait_ready(second)
+    flux_instance.wait_datastore(second)
     compute = flux_instance.submit("compute", "0", rank=1)
     result = flux_instance.datastore_output(second)
     assert flux_instance.wait_output(compute).returncode == 0
@@ -207,7 +207,7 @@ def test_a_second_datastore_is_refused_and_the_first_keeps_its_store(
     flux_instance: FluxInstance,
 ) -> None:
     first = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
-    flux_instance.wait_ready(first)
+    flux_instance.wait_datastore(first)
     second = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
     refused = flux_instance.wait_output(second)
     assert refused.returncode == 1

@@ -27,7 +27,7 @@ def nested(levels: int) -> str:
 
 def test_a_batch_put_answers_each_packet_in_order(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "3", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     batch = {"packets": [{"data": data(a=1)}, {"data": data(b=2)}, {"data": data(c=3)}]}
     [result] = flux_instance.put_all(1, [batch])
     assert result["ok"] == {
@@ -44,7 +44,7 @@ def test_a_batch_put_answers_each_packet_in_order(flux_instance: FluxInstance) -
 
 def test_a_batch_reports_duplicates_per_packet(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "3", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     first = {"data": data(p1="first"), "producer": "p", "seq": 1}
     batch = {
         "packets": [
@@ -70,7 +70,7 @@ def test_a_batch_reports_duplicates_per_packet(flux_instance: FluxInstance) -> N
 
 def test_a_malformed_packet_refuses_the_whole_batch(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     valid = [{"data": data(**{f"v{i}": i})} for i in range(5)]
     bad_batches: list[tuple[object, int, str]] = [
         (
@@ -151,7 +151,7 @@ def test_a_batch_over_the_backlog_says_which_limit(flux_instance: FluxInstance) 
 
 def test_nesting_at_the_limit_is_stored_one_past_is_refused(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "2", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     results = flux_instance.put_all(
         1,
         [
@@ -183,7 +183,7 @@ def test_the_datastore_refuses_a_packet_it_cannot_decode_and_goes_on(
     ds = flux_instance.submit(
         "datastore", "--packets", "1", "--fresh", "--module-arg", "max-depth=1500", rank=1
     )
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     results = flux_instance.put_all(1, [{"data": nested(1200)}, {"data": data(after=1)}])
     assert results[0]["errno"] == errno.EPROTO
     assert "conduit: the datastore could not store this packet: " in results[0]["error"]
@@ -197,7 +197,7 @@ def test_the_datastore_refuses_a_packet_it_cannot_decode_and_goes_on(
 
 def test_seq_and_producer_are_checked(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     producer = ("é中😀" * 86)[:256]  # 256 characters, 2 to 4 bytes each
     results = flux_instance.put_all(
         1,

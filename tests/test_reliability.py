@@ -34,7 +34,7 @@ def expected_keys(reports: list[dict[str, Any]]) -> set[str]:
 
 def test_ten_producers_lose_and_duplicate_nothing(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=0)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     ranks = flux_instance.size
     jobs = [flux_instance.submit("produce", "--count", "1000", rank=i % ranks) for i in range(10)]
     reports = producer_reports(flux_instance, jobs)
@@ -49,7 +49,7 @@ def test_ten_producers_lose_and_duplicate_nothing(flux_instance: FluxInstance) -
 
 def test_datastore_killed_mid_stream_and_restarted(flux_instance: FluxInstance) -> None:
     first = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=1)
-    flux_instance.wait_ready(first)
+    flux_instance.wait_datastore(first)
     jobs = [
         flux_instance.submit(
             "produce", "--count", "3000", "--in-flight", "16", "--retry-for", "90", rank=r
@@ -78,7 +78,7 @@ def test_datastore_killed_mid_stream_and_restarted(flux_instance: FluxInstance) 
 
 def test_random_and_malformed_puts(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "0", "--fresh", "--quiet", rank=1)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     done = flux_instance.flux("python", "tests/fuzz_puts.py", "20261125", "1000", "1", timeout=300)
     report = json.loads(done.stdout)
     assert report["wrong"] == []
@@ -98,7 +98,7 @@ def test_random_and_malformed_puts(flux_instance: FluxInstance) -> None:
 
 def test_only_the_instance_owner_may_put(flux_instance: FluxInstance) -> None:
     ds = flux_instance.submit("datastore", "--packets", "1", "--fresh", rank=0)
-    flux_instance.wait_ready(ds)
+    flux_instance.wait_datastore(ds)
     guest = dict(flux_instance.env, FLUX_HANDLE_USERID="4242", FLUX_HANDLE_ROLEMASK="0x2")
     code = (
         "import flux\n"

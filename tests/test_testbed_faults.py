@@ -140,7 +140,7 @@ def test_node_cut_off_longer_than_the_overlay_timeout_comes_back_by_itself(
 
     c = cluster
     ds = c.submit("datastore", "--packets", "0", "--fresh", host="node2")
-    c.wait_ready(ds)
+    c.wait_datastore(ds)
     c.conduit("put", '{"before-the-cut": 1}', timeout=120)
     ident, when = started(c, "node2")
     network = docker.from_env().networks.get(f"{c.project}_default")
@@ -166,7 +166,7 @@ def test_node_cut_off_longer_than_the_overlay_timeout_comes_back_by_itself(
     # the cut datastore's job died with its broker; the next one resumes its store
     assert c.job_state(ds) == "INACTIVE"
     resumed = c.submit("datastore", "--packets", "2", host="node1")
-    c.wait_ready(resumed)
+    c.wait_datastore(resumed)
     c.conduit("put", '{"after-the-cut": 1}', timeout=120)
     result = c.datastore_output(resumed)
     assert result.final_store == {"test": 101, "before-the-cut": 1, "after-the-cut": 1}
