@@ -239,6 +239,8 @@ class Conduit:
                         code,
                     ) from None
                 problem = f"{self.location}: {exc.strerror or os.strerror(code or 0)}"
+                if code == errno.ENOSYS:
+                    problem = f"{self.location} has no conduit (it ended?); {HOW_TO_START}"
                 todo.appendleft(k)
                 if time.monotonic() >= deadline:
                     break

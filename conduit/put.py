@@ -56,6 +56,10 @@ def inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def main(args: argparse.Namespace) -> int:
     objects = inputs(args)
     if not objects:
@@ -65,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
     receipts = conduit.put_many(objects, batch=args.batch)
     duplicates = sum(r.duplicate for r in receipts)
     print(
-        f"conduit put: {len(receipts)} packets stored ({duplicates} duplicates) in "
+        f"conduit put: {plural(len(receipts), 'packet')} stored "
+        f"({plural(duplicates, 'duplicate')}) in "
         f"{conduit.location} in {time.monotonic() - start:.2f}s",
         file=sys.stderr,
     )
