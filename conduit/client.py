@@ -206,11 +206,12 @@ class Conduit:
         chunks = [payloads[i : i + batch] for i in range(0, len(payloads), batch)]
         responses: list[list[dict[str, Any]]] = [[] for _ in chunks]
         todo = deque(range(len(chunks)))
-        pending: deque[tuple[int, Any]] = deque()
+        pending: deque[tuple[int, Any]] = deque()  # (chunk, its request), oldest first
+        location: Location | None = None  # where to send; None: look it up again
         backoff = 0.05
-        problem = ""
+        problem = ""  # why the last try failed, for the timeout's message
         while todo or pending:
-            if not pending:
+            if location is None:
                 if problem:
                     self._pause(backoff, deadline)
                     backoff = min(backoff * 2, MAX_BACKOFF)
@@ -221,27 +222,28 @@ class Conduit:
                     if time.monotonic() >= deadline:
                         break
                     continue
-                while todo and len(pending) < in_flight:
-                    k = todo.popleft()
-                    pending.append((k, self._rpc(chunks[k], location.rank)))
+            while todo and len(pending) < in_flight:
+                k = todo.popleft()
+                pending.append((k, self._rpc(chunks[k], location.rank)))
             k, future = pending.popleft()
             try:
                 wait = min(max(deadline - time.monotonic(), 0.001), REQUEST_TIMEOUT)
                 answer = future.wait_for(wait).get()
             except OSError as exc:  # TimeoutError too: nothing answered in time
                 code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno
+                reason = exc.strerror or os.strerror(code or 0)
                 if code not in RETRYABLE_ERRNOS:
                     stored = sum(len(r) for r in responses)
                     raise ConduitError(
-                        f"{self.location} refused {self._which(chunks, k)}: "
-                        f"{exc.strerror or os.strerror(code or 0)}"
+                        f"{location} refused {self._which(chunks, k)}: {reason}"
                         + (f" ({stored} packets were stored before)" if stored else ""),
                         code,
                     ) from None
-                problem = f"{self.location}: {exc.strerror or os.strerror(code or 0)}"
+                problem = f"{location}: {reason}"
                 if code == errno.ENOSYS:
-                    problem = f"{self.location} has no conduit (it ended?); {HOW_TO_START}"
-                todo.appendleft(k)
+                    problem = f"{location} has no conduit (it ended?); {HOW_TO_START}"
+                todo.appendleft(k)  # sent again, same seqs: stored once whatever happened
+                location = None
                 if time.monotonic() >= deadline:
                     break
                 continue
