@@ -802,8 +802,14 @@ def cmd_defaults(args: argparse.Namespace) -> None:
 
 
 def cmd_engine_env(args: argparse.Namespace) -> None:
-    """VAR=value ... that compose needs for ENGINE (none for Docker), for the Makefile."""
-    env = Engine.named(args.engine, args.engine_socket).env()
+    """VAR=value ... that compose needs for ENGINE (none for Docker), for the Makefile.
+
+    Podman's service is started if none answers, as for `up`, so that `make
+    demo`, `make logs` and `make shell` find it (it exits when idle).
+    """
+    engine = Engine.named(args.engine, args.engine_socket)
+    engine.ensure_service(lambda line: print(line, file=sys.stderr, flush=True))
+    env = engine.env()
     print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "ENGINE_SOCKET"))
 
 
@@ -816,7 +822,7 @@ def cmd_service(args: argparse.Namespace) -> None:
     if engine.name != "podman":
         raise TestbedError("the engine service is Podman's: give --engine podman")
     engine.ensure_service(_say)
-    print(engine.api_socket)
+    print(f"Podman's API service answers on {engine.api_socket}")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,19 +1,21 @@
 """The compose testbed on Podman: Compose v2 against Podman's Docker-compatible API.
 
-Whatever ENGINE says, these tests ask for Podman (on ENGINE_SOCKET when
-ENGINE=podman, else on the socket of the service the testbed starts), and
-skip with the reason where Podman, Compose v2 or the base image (pulled
-into Podman's store if missing) cannot be had.  One testbed of 3 nodes
-serves the module, under a project name of its own, and is always taken
-down.  The same tests run on Docker in tests/test_compose.py; here are
-what could differ on Podman: the limits its containers need, healthchecks
-that never run without systemd, the watchdog on Podman's socket, and
-restarts that keep rank 0's state.
+The first tests check, without Podman, how ENGINE=podman reaches it.  The
+others (marked compose and slow) ask for Podman whatever ENGINE says (on
+ENGINE_SOCKET when ENGINE=podman, else on the socket of the service the
+testbed starts), and skip with the reason where Podman, Compose v2 or the
+base image (pulled into Podman's store if missing) cannot be had.  One
+testbed of 3 nodes serves them, under a project name of its own, and is
+always taken down.  The same tests run on Docker in tests/test_compose.py;
+here is what could differ on Podman: the limits its containers need,
+healthchecks that never run without systemd, the watchdog on Podman's
+socket, and restarts that keep rank 0's state.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,14 +23,53 @@ from collections.abc import Iterator
 
 import pytest
 
-from conduit import output
+from conduit import output, testbed
 from tests.compose_cluster import ComposeCluster, missing_compose, podman_engine
 from tests.plugin_compose import cluster_maker
 from tests.runner import REPO, check_attach_output, overlay_states, wait_until
 
-pytestmark = [pytest.mark.compose, pytest.mark.slow]
-
 NODES = ["node0", "node1", "node2"]
+
+
+def test_podman_is_reached_through_its_docker_api_with_the_classic_builder() -> None:
+    env = testbed.Engine.named("podman").env()
+    socket = testbed.podman_socket()
+    assert env["DOCKER_HOST"] == f"unix://{socket}"
+    assert env["ENGINE_SOCKET"] == socket  # the watchdog's mount
+    assert (env["DOCKER_BUILDKIT"], env["COMPOSE_DOCKER_CLI_BUILD"]) == ("0", "0")
+    if not os.environ.get("CONTAINERS_CONF"):
+        assert env["CONTAINERS_CONF"] == str(testbed.PODMAN_CONF)
+    conf = testbed.PODMAN_CONF.read_text()
+    assert re.search(r'^\[containers\]\ndefault_ulimits = \[\n  "nofile=1024:1024",\n', conf, re.M)
+    assert '"nproc=4096:4096"' in conf
+    assert testbed.Engine.named("").env() == {}  # Docker: as it always was
+
+
+def test_base_image_names_are_qualified_for_podman() -> None:
+    assert testbed.qualified(testbed.BASE_IMAGE) == f"docker.io/{testbed.BASE_IMAGE}"
+    assert testbed.qualified("ghcr.io/o/flux-conduit:1") == "ghcr.io/o/flux-conduit:1"
+    assert testbed.qualified("localhost/flux-conduit:x") == "localhost/flux-conduit:x"
+    assert testbed.short_ref("docker.io/library/flux-conduit:x") == "flux-conduit:x"
+    assert testbed.short_ref("localhost/flux-conduit:x") == "flux-conduit:x"
+
+
+def test_another_engine_is_one_line_and_leaves_nothing_behind() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    project = f"conduit-test-bad-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "up", f"PROJECT={project}", "ENGINE=lxc"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
+    assert ours == ["make up: ENGINE=lxc: not an engine; use ENGINE=docker or ENGINE=podman"]
+    assert not (REPO / "build" / project).exists()
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +78,8 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
         yield made
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_the_nodes_run_on_podman_with_the_overlay_full_and_every_node_up(
     cluster: ComposeCluster,
 ) -> None:
@@ -60,12 +103,16 @@ def test_the_nodes_run_on_podman_with_the_overlay_full_and_every_node_up(
     assert free.stdout.split() == ["node[0-2]"]
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_the_demo_passes(cluster: ComposeCluster) -> None:
     demo = cluster.conduit("demo", "--sleep", "0", timeout=300)
     result = output.parse(demo.stdout)
     assert result.lines[-1] == "demo: 5 of 5 compute packets in the final store"
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_datastore_on_node2_computes_on_node0_and_node1(cluster: ComposeCluster) -> None:
     hosts = ["node0", "node1", "node0", "node1", "node0"]
     ds = cluster.submit("datastore", "--packets", str(len(hosts)), "--fresh", host="node2")
@@ -82,6 +129,8 @@ def test_datastore_on_node2_computes_on_node0_and_node1(cluster: ComposeCluster)
     assert (info["result"], info["nodelist"]) == ("COMPLETED", "node2"), info
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_the_watchdog_starts_a_killed_node_through_podmans_socket(cluster: ComposeCluster) -> None:
     node2 = cluster.container("node2")
     started = node2.attrs["State"]["StartedAt"]
@@ -99,6 +148,8 @@ def test_the_watchdog_starts_a_killed_node_through_podmans_socket(cluster: Compo
     assert overlay_states(cluster.overlay()) == {0: "full", 1: "full", 2: "full"}
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_a_restart_keeps_rank_0s_state(cluster: ComposeCluster) -> None:
     """`make restart` shuts rank 0 down cleanly: it dumps its KVS and restores it.
 
@@ -114,6 +165,8 @@ def test_a_restart_keeps_rank_0s_state(cluster: ComposeCluster) -> None:
     cluster.wait_healthy(timeout=120)
 
 
+@pytest.mark.compose
+@pytest.mark.slow
 def test_make_up_demo_down_with_engine_podman() -> None:
     """As a user types it: make up ENGINE=podman && make demo ENGINE=podman; make down."""
     engine = podman_engine()
