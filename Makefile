@@ -29,7 +29,7 @@ PYTEST_ARGS ?=
 TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' \
     --image '$(IMAGE)' --engine '$(ENGINE)' --engine-socket '$(ENGINE_SOCKET)'
 PROJECT_FILE = build/$(PROJECT)/compose.yaml
-# What compose needs to reach the engine (for Podman: DOCKER_HOST=its socket ...).
+# What compose's exec and logs need to reach the engine (Podman: DOCKER_HOST=its socket).
 ENGINE_ENV = $(shell $(TESTBED) engine-env)
 DC = $(strip $(ENGINE_ENV) $(COMPOSE)) -p $(PROJECT) \
     -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)

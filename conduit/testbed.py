@@ -802,7 +802,7 @@ def cmd_defaults(args: argparse.Namespace) -> None:
 
 
 def cmd_engine_env(args: argparse.Namespace) -> None:
-    """VAR=value ... that compose needs for ENGINE (none for Docker), for the Makefile.
+    """DOCKER_HOST=... for compose's exec and logs on ENGINE (none for Docker), for the Makefile.
 
     Podman's service is started if none answers, as for `up`, so that `make
     demo`, `make logs` and `make shell` find it (it exits when idle).
@@ -810,7 +810,7 @@ def cmd_engine_env(args: argparse.Namespace) -> None:
     engine = Engine.named(args.engine, args.engine_socket)
     engine.ensure_service(lambda line: print(line, file=sys.stderr, flush=True))
     env = engine.env()
-    print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k != "ENGINE_SOCKET"))
+    print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k == "DOCKER_HOST"))
 
 
 def cmd_socket(args: argparse.Namespace) -> None:
