@@ -677,8 +677,8 @@ class Testbed:
         if nodes == 0:
             raise TestbedError(f"no testbed {self.project}; `make up` starts one")
         start = time.monotonic()
-        # The timeout is explicit: Podman (4.3) kills at once on a restart without
-        # one, where Docker waits stop_grace_period, and rank 0 would lose its dump.
+        # The timeout is explicit: Podman's Docker API kills at once on a restart
+        # without one, where Docker waits stop_grace_period; rank 0 would not dump.
         self.run("restart", "--timeout", STOP_TIMEOUT, timeout=300, show=True)
         return self.wait_ready(nodes, timeout, start)
 

@@ -153,7 +153,7 @@ def test_the_watchdog_starts_a_killed_node_through_podmans_socket(cluster: Compo
 def test_a_restart_keeps_rank_0s_state(cluster: ComposeCluster) -> None:
     """`make restart` shuts rank 0 down cleanly: it dumps its KVS and restores it.
 
-    Podman (4.3) kills at once on a compose restart without a timeout,
+    Podman's Docker API kills at once on a restart without a timeout,
     where Docker waits stop_grace_period; the testbed gives one.
     """
     cluster.flux("kvs", "put", "podman.kept=yes")
