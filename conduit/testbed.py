@@ -155,8 +155,9 @@ def podman_socket() -> str:
     """Where the Podman API service that the testbed starts listens: a path of its own."""
     if os.geteuid() == 0:
         return "/run/flux-conduit/podman.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/flux-conduit-{os.getuid()}"
-    return f"{runtime}/flux-conduit/podman.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    own = f"{runtime}/flux-conduit" if runtime else f"/tmp/flux-conduit-{os.getuid()}"
+    return f"{own}/podman.sock"
 
 
 def api_ping(path: str, timeout: float = 5) -> bool:
@@ -527,7 +528,8 @@ class Testbed:
                 return ref
             if self.image:
                 self.say(f"pulling {ref}")
-                done = self._engine("pull", ref, timeout=timeout)
+                pull = qualified(ref) if self.engine.name == "podman" else ref
+                done = self._engine("pull", pull, timeout=timeout)
                 if done.returncode != 0:
                     raise TestbedError(f"cannot pull {ref}: {done.stderr.strip()[-300:]}")
                 return ref
