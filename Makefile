@@ -10,8 +10,12 @@ MODULE = module/conduit.so
 # The compose testbed (conduit/testbed.py does the work; it also holds the
 # defaults).  NODES brokers run, of an instance made for MAX_NODES; both are
 # remembered per PROJECT in build/PROJECT/ until `make down`.  COMPOSE is the
-# compose command; IMAGE, a published image to run instead of building one.
+# compose command; ENGINE, the engine under it: docker, or podman (Compose v2
+# against Podman's Docker-compatible API, started by `make up` if need be);
+# IMAGE, a published image to run instead of building one.
 COMPOSE ?= docker compose
+ENGINE ?= docker
+ENGINE_SOCKET ?=
 PROJECT ?= flux-conduit
 NODES ?=
 MAX_NODES ?=
@@ -22,9 +26,15 @@ DEMO_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' --image '$(IMAGE)'
+TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' \
+    --image '$(IMAGE)' --engine '$(ENGINE)' --engine-socket '$(ENGINE_SOCKET)'
 PROJECT_FILE = build/$(PROJECT)/compose.yaml
-DC = $(COMPOSE) -p $(PROJECT) -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)
+# What compose's exec and logs need to reach the engine (Podman: DOCKER_HOST=its socket).
+ENGINE_ENV = $(shell $(TESTBED) engine-env)
+DC = $(strip $(ENGINE_ENV) $(COMPOSE)) -p $(PROJECT) \
+    -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)
+# The tests use the same engine (tests/compose_cluster.py).
+export ENGINE ENGINE_SOCKET
 
 .DEFAULT_GOAL := help
 .PHONY: help module install uninstall test lint up scale restart status stop down demo logs \
@@ -32,8 +42,10 @@ DC = $(COMPOSE) -p $(PROJECT) -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: NODES=N MAX_NODES=N PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)' IMAGE=ref KEEP_STATE=1"
-	@echo "             ENGINE_SOCKET=/var/run/docker.sock DEMO_ARGS=... BENCH_ARGS=... WAIT_TIMEOUT=$(WAIT_TIMEOUT)"
+	@echo "  variables: NODES=N MAX_NODES=N PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)' ENGINE=$(ENGINE) IMAGE=ref"
+	@echo "             KEEP_STATE=1 ENGINE_SOCKET=path DEMO_ARGS=... BENCH_ARGS=... WAIT_TIMEOUT=$(WAIT_TIMEOUT)"
+	@echo "  ENGINE=docker|podman: the engine under COMPOSE; podman: COMPOSE against Podman's API service,"
+	@echo "             which make up starts on $$($(PYTHON) -m conduit.testbed --engine podman socket) (or ENGINE_SOCKET)"
 	@echo "  defaults: $$($(PYTHON) -m conduit.testbed defaults) (remembered per PROJECT until make down)"
 
 module: $(MODULE) ## build module/conduit.so against the installed flux-core

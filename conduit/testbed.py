@@ -21,8 +21,9 @@ same `Testbed`.
     python3 -m conduit.testbed compose-file --size 16 --context ../.. > build/x/compose.yaml
     python3 -m conduit.testbed up --nodes 3          # what `make up` runs
 
-Standard library only; the container engine is driven through its compose
-command (`docker compose` by default).
+Standard library only; the container engine (`Engine`: Docker, or Podman
+through its Docker-compatible API) is driven through its compose command
+(`docker compose` by default).
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ import argparse
 import fcntl
 import functools
 import hashlib
+import http.client
 import json
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,14 @@ PROJECT = "flux-conduit"
 IMAGE_NAME = "flux-conduit"
 BASE_IMAGE = "fluxrm/flux-core:bookworm-v0.88.0"
 REPO = Path(__file__).resolve().parent.parent
+ENGINES = ("docker", "podman")
+DOCKER_SOCKET = "/var/run/docker.sock"
+# The limits Podman needs where its defaults exceed the host's (see the file).
+PODMAN_CONF = REPO / "docker" / "podman-containers.conf"
+PODMAN_IDLE = 600  # seconds without a request before the Podman service we start exits
+# A broker's time to shut down cleanly (rank 0 dumps its KVS), as stop_grace_period
+# says; given to every compose command that stops containers (see Testbed.restart).
+STOP_TIMEOUT = "60"
 
 # What docker/Dockerfile copies into the image, relative to the repository;
 # the image's tag is a hash of their names and contents (and BASE_IMAGE).
@@ -137,6 +149,129 @@ print(json.dumps({"online": online, "down": down, "size": int(h.attr_get("size")
 
 class TestbedError(Exception):
     """A one-line message for the user: what is wrong and what to do."""
+
+
+def podman_socket() -> str:
+    """Where the Podman API service that the testbed starts listens: a path of its own."""
+    if os.geteuid() == 0:
+        return "/run/flux-conduit/podman.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    own = f"{runtime}/flux-conduit" if runtime else f"/tmp/flux-conduit-{os.getuid()}"
+    return f"{own}/podman.sock"
+
+
+def api_ping(path: str, timeout: float = 5) -> bool:
+    """Whether a Docker-compatible engine API answers on the Unix socket `path`."""
+    conn = http.client.HTTPConnection("localhost", timeout=timeout)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(path)
+        conn.sock = sock
+        conn.request("GET", "/_ping")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def short_ref(ref: str) -> str:
+    """flux-conduit:x, where Podman says docker.io/library/flux-conduit:x or localhost/..."""
+    for prefix in ("docker.io/library/", "localhost/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+def qualified(ref: str) -> str:
+    """docker.io/<ref> for a Docker Hub short name, which Podman does not resolve by itself."""
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The container engine under compose: Docker, or Podman through its Docker API.
+
+    Compose v2 (`docker compose`) drives both.  For Podman it talks to
+    Podman's Docker-compatible API service on `socket` (DOCKER_HOST), which
+    `ensure_service` starts when none answers there, with the container
+    limits of docker/podman-containers.conf; it builds with the classic
+    builder (BuildKit would need a moby/buildkit container).  The watchdog
+    mounts the same socket (ENGINE_SOCKET).
+    """
+
+    name: str = "docker"
+    socket: str = ""  # ENGINE_SOCKET; "": the engine's default
+
+    @classmethod
+    def named(cls, name: str, socket: str = "") -> Engine:
+        """ENGINE=name (and ENGINE_SOCKET), or a one-line TestbedError."""
+        name = name.strip() or "docker"
+        if name not in ENGINES:
+            raise TestbedError(f"ENGINE={name}: not an engine; use ENGINE=docker or ENGINE=podman")
+        return cls(name, socket.strip())
+
+    @property
+    def api_socket(self) -> str:
+        """The engine's API socket on this host."""
+        if self.socket:
+            return self.socket
+        return podman_socket() if self.name == "podman" else DOCKER_SOCKET
+
+    def env(self) -> dict[str, str]:
+        """What compose, the engine's command and the compose file need to reach this engine."""
+        if self.name == "docker":
+            return {"ENGINE_SOCKET": self.socket} if self.socket else {}
+        env = {
+            "ENGINE_SOCKET": self.api_socket,
+            "DOCKER_HOST": f"unix://{self.api_socket}",
+            "DOCKER_BUILDKIT": "0",
+            "COMPOSE_DOCKER_CLI_BUILD": "0",
+        }
+        if not os.environ.get("CONTAINERS_CONF"):  # one the user set is theirs to keep
+            env["CONTAINERS_CONF"] = str(PODMAN_CONF)
+        return env
+
+    def ensure_service(self, say: Callable[[str], None], timeout: float = 60) -> None:
+        """Podman: its API service answering on the socket; started here if none does.
+
+        Rootful Podman's own socket (/run/podman/podman.sock, started by
+        systemd) would run containers with the system's limits, so the
+        testbed has a socket of its own.  The service exits after
+        PODMAN_IDLE seconds without a request (the watchdog asks every
+        second while the testbed runs); containers outlive it.
+        """
+        if self.name != "podman" or api_ping(self.api_socket):
+            return
+        if shutil.which("podman") is None:
+            raise TestbedError("ENGINE=podman, but `podman` is not on PATH; install Podman")
+        path = Path(self.api_socket)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # left by a service that did not end cleanly
+        log = REPO / "build" / "podman-service.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        say(f"starting Podman's API service on {path} (log: {log.relative_to(REPO)})")
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                ["podman", "system", "service", f"--time={PODMAN_IDLE}", f"unix://{path}"],
+                env={**os.environ, **self.env()},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                start_new_session=True,  # not ended with make's process group
+            )
+        deadline = time.monotonic() + timeout
+        while not api_ping(self.api_socket):
+            if time.monotonic() > deadline:
+                raise TestbedError(
+                    f"Podman's API service did not answer on {path} within {timeout:g}s; see {log}"
+                )
+            time.sleep(0.2)
 
 
 def compose_yaml(size: int, context: str = ".") -> str:
@@ -267,21 +402,24 @@ class Testbed:
     repo: Path = REPO
     say: Callable[[str], None] = _say
     quiet: bool = False  # capture the output of builds and `up` instead of showing it
+    engine: Engine = Engine()
+    connected: bool = field(default=False, init=False, repr=False)
 
     # -- running compose ---------------------------------------------------
-
-    @property
-    def engine(self) -> str:
-        """The engine's own command (docker, podman), for image inspect/pull."""
-        return Path(self.compose[0]).name.split("-")[0]
 
     @functools.cached_property
     def image_ref(self) -> str:
         """The image the nodes run: IMAGE, or this tree's flux-conduit:<hash>."""
         return self.image or image_tag(self.repo)
 
+    def connect(self) -> None:
+        """Before the first command: the engine answers (Podman's service started if need be)."""
+        if not self.connected:
+            self.engine.ensure_service(self.say)
+            self.connected = True
+
     def env(self, image: str | None = None) -> dict[str, str]:
-        return {**os.environ, "CONDUIT_IMAGE": image or self.image_ref}
+        return {**os.environ, **self.engine.env(), "CONDUIT_IMAGE": image or self.image_ref}
 
     def command(self, *args: str) -> list[str]:
         return [*self.compose, "-p", self.project, "-f", str(self.file), *args]
@@ -297,6 +435,7 @@ class Testbed:
         """compose ARGS; with `show`, its output goes to the terminal (unless quiet)."""
         argv = self.command(*args)
         stream = show and not self.quiet
+        self.connect()
         try:
             done = subprocess.run(
                 argv,
@@ -310,8 +449,8 @@ class Testbed:
             raise TestbedError(f"`{' '.join(argv)}` did not finish within {timeout:g}s") from None
         except FileNotFoundError:
             raise TestbedError(
-                f"no `{self.compose[0]}` command; install Docker with Compose v2, "
-                "or set COMPOSE to your compose command"
+                f"no `{self.compose[0]}` command; install Compose v2 (with Docker, or its "
+                "docker-compose binary for Podman), or set COMPOSE to your compose command"
             ) from None
         if check and done.returncode != 0:
             said = [] if stream else (done.stderr or done.stdout).strip().splitlines()
@@ -336,15 +475,39 @@ class Testbed:
     # -- the image ---------------------------------------------------------
 
     def _engine(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The engine's own command (docker, podman): image inspect and pull."""
+        self.connect()
+        argv = [self.engine.name, *args]
         try:
             return subprocess.run(
-                [self.engine, *args], capture_output=True, text=True, timeout=timeout
+                argv, env=self.env(), capture_output=True, text=True, timeout=timeout
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise TestbedError(f"`{self.engine} {' '.join(args)}` failed: {exc}") from None
+            raise TestbedError(f"`{' '.join(argv)}` failed: {exc}") from None
 
     def image_present(self, ref: str) -> bool:
         return self._engine("image", "inspect", ref).returncode == 0
+
+    def ensure_base_image(self, timeout: float = 1800) -> None:
+        """Podman: the base image in its store, pulled from Docker Hub if missing.
+
+        Docker's build pulls it by itself.  Podman's would look the short
+        name up in the registries of registries.conf, which many hosts
+        leave empty, so it is pulled here under its full name.
+        """
+        base = os.environ.get("BASE_IMAGE") or BASE_IMAGE
+        if self.engine.name != "podman" or self.image_present(base):
+            return
+        ref = qualified(base)
+        self.say(f"pulling {ref} into Podman's store")
+        done = self._engine("pull", ref, timeout=timeout)
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout).strip().splitlines()
+            why = said[-1] if said else f"exit status {done.returncode}"
+            raise TestbedError(
+                f"cannot pull the base image {ref}: {why}; where Docker has it, "
+                f"`podman pull docker-daemon:{base}` copies it into Podman's store"
+            )
 
     def ensure_image(self, timeout: float = 1800) -> str:
         """The image the nodes run: a published one (pulled if missing), else built if missing.
@@ -365,10 +528,12 @@ class Testbed:
                 return ref
             if self.image:
                 self.say(f"pulling {ref}")
-                done = self._engine("pull", ref, timeout=timeout)
+                pull = qualified(ref) if self.engine.name == "podman" else ref
+                done = self._engine("pull", pull, timeout=timeout)
                 if done.returncode != 0:
                     raise TestbedError(f"cannot pull {ref}: {done.stderr.strip()[-300:]}")
                 return ref
+            self.ensure_base_image(timeout)
             self.say(f"building {ref} (its tag is a hash of the build inputs)")
             self.run("build", "node0", timeout=timeout, show=True)
         return ref
@@ -453,7 +618,7 @@ class Testbed:
         if before:
             replaced = self.will_recreate(services, image)
             if replaced and any(e.get("State") == "running" for e in before.values()):
-                old_image = before.get("node0", {}).get("Image")
+                old_image = short_ref(str(before.get("node0", {}).get("Image", "")))
                 why = []
                 if old_size not in (None, size):
                     why.append(f"size {old_size} -> {size}")
@@ -514,11 +679,13 @@ class Testbed:
         if nodes == 0:
             raise TestbedError(f"no testbed {self.project}; `make up` starts one")
         start = time.monotonic()
-        self.run("restart", timeout=300, show=True)
+        # The timeout is explicit: Podman's Docker API kills at once on a restart
+        # without one, where Docker waits stop_grace_period; rank 0 would not dump.
+        self.run("restart", "--timeout", STOP_TIMEOUT, timeout=300, show=True)
         return self.wait_ready(nodes, timeout, start)
 
     def down(self, keep_state: bool = False) -> None:
-        args = ["down", "--remove-orphans", "--timeout", "60"]
+        args = ["down", "--remove-orphans", "--timeout", STOP_TIMEOUT]
         self.run(*args if keep_state else [*args, "--volumes"], timeout=300, show=True)
 
 
@@ -529,7 +696,8 @@ def project_testbed(args: argparse.Namespace) -> Testbed:
     """The testbed of --project: its file and remembered size live in build/<project>/."""
     file = REPO / "build" / args.project / "compose.yaml"
     image = args.image or None
-    return Testbed(args.project, file, compose=args.compose.split(), image=image)
+    engine = Engine.named(args.engine, args.engine_socket)
+    return Testbed(args.project, file, compose=args.compose.split(), image=image, engine=engine)
 
 
 def remembered_nodes(tb: Testbed) -> int | None:
@@ -601,7 +769,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
-    project_testbed(args).run("stop", "--timeout", "60", timeout=300, show=True)
+    project_testbed(args).run("stop", "--timeout", STOP_TIMEOUT, timeout=300, show=True)
 
 
 def cmd_down(args: argparse.Namespace) -> None:
@@ -635,6 +803,30 @@ def cmd_defaults(args: argparse.Namespace) -> None:
     print(f"NODES={DEFAULT_NODES} MAX_NODES={DEFAULT_SIZE}")
 
 
+def cmd_engine_env(args: argparse.Namespace) -> None:
+    """DOCKER_HOST=... for compose's exec and logs on ENGINE (none for Docker), for the Makefile.
+
+    Podman's service is started if none answers, as for `up`, so that `make
+    demo`, `make logs` and `make shell` find it (it exits when idle).
+    """
+    engine = Engine.named(args.engine, args.engine_socket)
+    engine.ensure_service(lambda line: print(line, file=sys.stderr, flush=True))
+    env = engine.env()
+    print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items() if k == "DOCKER_HOST"))
+
+
+def cmd_socket(args: argparse.Namespace) -> None:
+    print(Engine.named(args.engine, args.engine_socket).api_socket)
+
+
+def cmd_service(args: argparse.Namespace) -> None:
+    engine = Engine.named(args.engine, args.engine_socket)
+    if engine.name != "podman":
+        raise TestbedError("the engine service is Podman's: give --engine podman")
+    engine.ensure_service(_say)
+    print(f"Podman's API service answers on {engine.api_socket}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python3 -m conduit.testbed",
@@ -645,6 +837,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default=PROJECT, help="the compose project (PROJECT)")
     p.add_argument("--compose", default="docker compose", help="the compose command (COMPOSE)")
     p.add_argument("--image", default="", help="run this published image instead of building")
+    p.add_argument("--engine", default="docker", help="docker or podman (ENGINE)")
+    p.add_argument(
+        "--engine-socket",
+        default="",
+        help="the engine's API socket (ENGINE_SOCKET; default: Docker's, or Podman's own "
+        f"for the testbed, {podman_socket()})",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def timeout(q: argparse.ArgumentParser) -> None:
@@ -683,6 +882,13 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("defaults", help="the default NODES and MAX_NODES").set_defaults(
         func=cmd_defaults
     )
+    sub.add_parser("engine-env", help="the environment compose needs for the engine").set_defaults(
+        func=cmd_engine_env
+    )
+    sub.add_parser("socket", help="the engine's API socket").set_defaults(func=cmd_socket)
+    sub.add_parser(
+        "service", help="Podman: start its API service for the testbed unless one answers"
+    ).set_defaults(func=cmd_service)
     return p
 
 

@@ -97,8 +97,10 @@ while [ "$stopping" = 0 ]; do
         while [ "$stopping" = 0 ] && ! network_up; do
             sleep 1
         done
-        [ "$stopping" = 0 ] || break
     fi
+    # A stop that came while this loop was not waiting on a broker (the wait
+    # for the network, the back-off) is taken here, before a broker starts.
+    [ "$stopping" = 0 ] || break
     started=$(date +%s)
     flux broker \
         --config-path="$conf" \
@@ -115,6 +117,9 @@ while [ "$stopping" = 0 ]; do
         -Slog-stderr-level=6 \
         -Slog-stderr-mode=local &
     pid=$!
+    if [ "$stopping" = 1 ]; then
+        kill -TERM "$pid" 2>/dev/null || true  # the stop came before $pid was set
+    fi
     # wait returns early when a trapped signal arrives; wait again until
     # the broker itself has exited.
     while :; do

@@ -11,6 +11,11 @@ uses.  Commands reach the instance as a user would type them: `docker
 compose exec -T NODE flux ...`; the docker SDK gives container state and
 testinfra runs commands inside a node.  The fixtures are in
 tests/plugin_compose.py.
+
+The engine is the one the user chose, as for `make up`: ENGINE=docker (the
+default) or ENGINE=podman, and ENGINE_SOCKET, from the environment
+(`make test ENGINE=podman` passes them on); tests/test_podman.py asks for
+Podman itself.
 """
 
 from __future__ import annotations
@@ -36,31 +41,62 @@ COMPOSE = ["docker", "compose"]
 UP_TIMEOUT = 600  # the first build of the image included
 
 
-def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str] | None:
+def chosen_engine() -> testbed.Engine:
+    """The engine of ENGINE and ENGINE_SOCKET (raises TestbedError for another ENGINE)."""
+    return testbed.Engine.named(os.environ.get("ENGINE", ""), os.environ.get("ENGINE_SOCKET", ""))
+
+
+def podman_engine() -> testbed.Engine:
+    """Podman: on ENGINE_SOCKET when the user chose Podman, else on the testbed's own socket."""
+    chosen = chosen_engine()
+    return chosen if chosen.name == "podman" else testbed.Engine("podman")
+
+
+def _run(
+    argv: list[str], timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
 @functools.cache
-def missing_compose() -> str | None:
-    """Why the compose tests cannot run here (one line), or None."""
-    if shutil.which("docker") is None:
-        return "no Docker CLI (`docker` is not on PATH)"
+def missing_compose(engine: testbed.Engine | None = None) -> str | None:
+    """Why the compose tests cannot run here on `engine` (default: ENGINE), one line, or None."""
+    engine = engine or chosen_engine()
+    if shutil.which(engine.name) is None:
+        return f"no {engine.name} (`{engine.name}` is not on PATH)"
+    if shutil.which(COMPOSE[0]) is None:
+        return f"no Compose v2 (`{COMPOSE[0]}` is not on PATH)"
     try:
         import testinfra  # noqa: F401
 
         import docker  # noqa: F401
     except ImportError as exc:
         return f"the docker SDK or pytest-testinfra is not installed ({exc})"
-    done = _run(["docker", "info", "--format", "{{.ServerVersion}}"])
-    if done is None or done.returncode != 0:
-        return "no Docker engine (`docker info` failed)"
-    done = _run([*COMPOSE, "version", "--short"])
+    env = {**os.environ, **engine.env()}
+    if engine.name == "podman":
+        try:
+            engine.ensure_service(print)
+        except testbed.TestbedError as exc:
+            return str(exc)
+    else:
+        done = _run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env)
+        if done is None or done.returncode != 0:
+            return "no Docker engine (`docker info` failed)"
+    done = _run([*COMPOSE, "version", "--short"], env=env)
     if done is None or done.returncode != 0 or not done.stdout.strip().lstrip("v").startswith("2"):
         return "no Compose v2 (`docker compose version` failed or is not 2.x)"
-    done = _run(["docker", "image", "inspect", BASE_IMAGE])
+    if engine.name == "podman":
+        # what `make up ENGINE=podman` does: pull it from Docker Hub if missing
+        probe = testbed.Testbed("conduit-test", REPO / "compose.yaml", engine=engine, quiet=True)
+        try:
+            probe.ensure_base_image(timeout=900)
+        except testbed.TestbedError as exc:
+            return f"no base image in Podman's store: {exc}"
+        return None
+    done = _run(["docker", "image", "inspect", BASE_IMAGE], env=env)
     if done is None or done.returncode != 0:
         return f"no base image {BASE_IMAGE} (`docker image inspect` failed)"
     return None
@@ -74,6 +110,7 @@ class ComposeCluster(FluxRunner):
     nodes: int
     file: Path
     size: int = 0  # the instance's size; 0: as many as nodes
+    engine: testbed.Engine = testbed.Engine()
 
     def __post_init__(self) -> None:
         self.size = self.size or self.nodes
@@ -82,7 +119,11 @@ class ComposeCluster(FluxRunner):
     def testbed(self) -> testbed.Testbed:
         """The same life cycle as `make up`, `make scale`, `make down`."""
         return testbed.Testbed(
-            self.project, self.file, compose=[*COMPOSE, "--ansi", "never"], quiet=True
+            self.project,
+            self.file,
+            compose=[*COMPOSE, "--ansi", "never"],
+            quiet=True,
+            engine=self.engine,
         )
 
     @property
@@ -146,30 +187,53 @@ class ComposeCluster(FluxRunner):
         done = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=60)
         return done.stdout + done.stderr
 
-    def container(self, node: str) -> Any:
-        """The docker SDK container of service `node`."""
+    @functools.cached_property
+    def client(self) -> Any:
+        """A docker SDK client of the engine (Podman's through its Docker-compatible API)."""
         import docker
 
+        if self.engine.name == "podman":
+            return docker.DockerClient(base_url=f"unix://{self.engine.api_socket}")
+        return docker.from_env()
+
+    def container(self, node: str) -> Any:
+        """The docker SDK container of service `node`."""
         labels = [
             f"com.docker.compose.project={self.project}",
             f"com.docker.compose.service={node}",
         ]
-        found = docker.from_env().containers.list(all=True, filters={"label": labels})
+        found = self.client.containers.list(all=True, filters={"label": labels})
         assert len(found) == 1, f"{self.project}: {len(found)} containers for {node}"
         return found[0]
 
+    # Podman runs healthchecks from systemd timers.  Without systemd (in a
+    # container, on CI machines, on many HPC nodes) they never run and health
+    # stays "starting", so with Podman a node's health is the instance's own
+    # readiness instead: its broker online and its resources up, as rank 0
+    # sees them (what `make up` waits for), which implies what the
+    # healthcheck checks (rank 0 running, a round trip to it).
+
     def health(self, node: str) -> str:
         state = self.container(node).attrs["State"]
-        return str(state["Health"]["Status"]) if state["Running"] else state["Status"]
+        if not state["Running"]:
+            return str(state["Status"])
+        if self.engine.name == "podman":
+            probe, k = self.testbed.probe(), int(node.removeprefix("node"))
+            up = probe is not None and k in probe.online and k not in probe.down
+            return "healthy" if up else "starting"
+        return str(state["Health"]["Status"])
 
     def host(self, node: str) -> Any:
         """A testinfra host for `node` (commands run as the instance owner)."""
         import testinfra
 
-        return testinfra.get_host(f"docker://{self.container(node).name}")
+        return testinfra.get_host(f"{self.engine.name}://{self.container(node).name}")
 
     def wait_healthy(self, timeout: float = 120) -> None:
         def healthy() -> bool:
+            if self.engine.name == "podman":  # one probe for all nodes (see above)
+                probe = self.testbed.probe()
+                return probe is not None and probe.ready(self.nodes)
             return all(self.health(node) == "healthy" for node in self.names)
 
         wait_until(healthy, timeout, f"every node of {self.project} healthy", pause=0.5)
@@ -184,14 +248,18 @@ class ComposeCluster(FluxRunner):
 
 
 @contextmanager
-def running_cluster(nodes: int, keep: bool = False, size: int = 0) -> Iterator[ComposeCluster]:
+def running_cluster(
+    nodes: int, keep: bool = False, size: int = 0, engine: testbed.Engine | None = None
+) -> Iterator[ComposeCluster]:
     """Up for the block, down after it (also on failure and Ctrl-C) unless `keep`.
 
     The instance holds `size` nodes (default: `nodes`); its compose file is
-    written by conduit.testbed into a directory of its own.
+    written by conduit.testbed into a directory of its own.  `engine`:
+    the one of ENGINE by default.
     """
     file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / "compose.yaml"
-    cluster = ComposeCluster(f"conduit-test-{secrets.token_hex(4)}", nodes, file, size)
+    project = f"conduit-test-{secrets.token_hex(4)}"
+    cluster = ComposeCluster(project, nodes, file, size, engine or chosen_engine())
     try:
         cluster.up()
         yield cluster

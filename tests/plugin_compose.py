@@ -2,14 +2,16 @@
 
 `compose_cluster` (session scope) is a testbed of the default size;
 `sized_cluster` is a testbed of N nodes for one test (indirect parameter
-N); `new_cluster` makes testbeds inside a test.  They skip, with the
-reason, where Docker, Compose v2 or the base image is missing.  When a
-test that uses a cluster fails, the `docker compose logs` of its nodes go
-into the test report.
+N); `new_cluster` makes testbeds inside a test.  They run on the engine
+of ENGINE (docker by default, or podman; tests/compose_cluster.py), and
+skip, with the reason, where that engine, Compose v2 or the base image is
+missing.  When a test that uses a cluster fails, the `docker compose logs`
+of its nodes go into the test report.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -17,7 +19,13 @@ from typing import Any
 import pytest
 
 from conduit import testbed
-from tests.compose_cluster import COMPOSE, ComposeCluster, missing_compose, running_cluster
+from tests.compose_cluster import (
+    COMPOSE,
+    ComposeCluster,
+    chosen_engine,
+    missing_compose,
+    running_cluster,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,24 +36,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        engine = chosen_engine()
+    except testbed.TestbedError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if engine.name == "podman":
+        # ENGINE=podman: what talks to "the" engine without a cluster at hand
+        # (docker.from_env() in a test, the docker CLI) talks to Podman too.
+        os.environ.update(engine.env())
+
+
 NewCluster = Callable[..., AbstractContextManager[ComposeCluster]]
 
 
-def cluster_maker(config: pytest.Config) -> NewCluster:
-    """`with make(nodes, size=0) as cluster:` a testbed of its own for the block."""
-    reason = missing_compose()
+def cluster_maker(config: pytest.Config, engine: testbed.Engine | None = None) -> NewCluster:
+    """`with make(nodes, size=0) as cluster:` a testbed of its own for the block.
+
+    On `engine`, by default the one of ENGINE.
+    """
+    engine = engine or chosen_engine()
+    reason = missing_compose(engine)
     if reason:
-        pytest.skip(f"needs Docker: {reason}")
+        pytest.skip(f"needs {engine.name.capitalize()}: {reason}")
     keep = bool(config.getoption("--keep-cluster"))
 
     @contextmanager
     def make(nodes: int, size: int = 0) -> Iterator[ComposeCluster]:
-        with running_cluster(nodes, keep, size) as cluster:
+        with running_cluster(nodes, keep, size, engine) as cluster:
             yield cluster
         if keep:
+            env = "".join(f"{k}={v} " for k, v in engine.env().items() if k == "DOCKER_HOST")
             say(
                 config,
-                f"kept cluster {cluster.project}; remove it with: {' '.join(COMPOSE)} "
+                f"kept cluster {cluster.project}; remove it with: {env}{' '.join(COMPOSE)} "
                 f"-p {cluster.project} -f {cluster.file} down --volumes --remove-orphans",
             )
 

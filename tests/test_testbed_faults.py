@@ -77,7 +77,9 @@ def test_node0_restart_keeps_acknowledged_packets_and_every_broker_rejoins(
     assert c.job_state(ds) == "RUN"
     followers = {node: started(c, node) for node in ("node1", "node2")}
 
-    c.compose("restart", "node0", timeout=180)
+    # a stop timeout of its own: Podman's API reads none as 0 and kills rank 0
+    # before it can save the KVS (docker compose restart defaults to 10 s)
+    c.compose("restart", "--timeout", "60", "node0", timeout=180)
     assert_healed(c)
 
     # the followers' brokers restarted inside the same containers, by themselves
@@ -254,8 +256,9 @@ def test_up_with_another_image_says_so_before_replacing_the_instance(
     c = cluster
     client = docker.from_env()
     image = c.container("node0").image
-    other = f"flux-conduit:test-{secrets.token_hex(4)}"
-    image.tag(other)  # the same content under another name: compose must recreate
+    tag = f"test-{secrets.token_hex(4)}"
+    other = f"flux-conduit:{tag}"
+    image.tag("flux-conduit", tag)  # the same content under another name: compose must recreate
     try:
         c.flux("kvs", "put", "testbed.kept=yes")
         job = c.submit_command("sleep", "600")
