@@ -53,25 +53,6 @@ def test_base_image_names_are_qualified_for_podman() -> None:
     assert testbed.short_ref("localhost/flux-conduit:x") == "flux-conduit:x"
 
 
-def test_another_engine_is_one_line_and_leaves_nothing_behind() -> None:
-    if shutil.which("make") is None:
-        pytest.skip("no make")
-    project = f"conduit-test-bad-{os.getpid()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    done = subprocess.run(
-        ["make", "--no-print-directory", "up", f"PROJECT={project}", "ENGINE=lxc"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
-    ours = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
-    assert ours == ["make up: ENGINE=lxc: not an engine; use ENGINE=docker or ENGINE=podman"]
-    assert not (REPO / "build" / project).exists()
-
-
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[ComposeCluster]:
     with cluster_maker(request.config, podman_engine())(len(NODES)) as made:

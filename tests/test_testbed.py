@@ -185,9 +185,14 @@ def test_the_makefile_takes_its_defaults_from_the_generator() -> None:
         ),
         ("scale", ["NODES=-2"], "make scale: NODES=-2: not a number of nodes; use NODES=1 or more"),
         ("scale", [], "make scale: give the number of nodes: make scale NODES=N"),
+        (
+            "up",
+            ["ENGINE=lxc"],
+            "make up: ENGINE=lxc: not an engine; use ENGINE=docker or ENGINE=podman",
+        ),
     ],
 )
-def test_a_bad_nodes_fails_in_one_line_and_leaves_nothing_behind(
+def test_a_bad_variable_fails_in_one_line_and_leaves_nothing_behind(
     target: str, variables: list[str], message: str
 ) -> None:
     if shutil.which("make") is None:
