@@ -210,12 +210,3 @@ def overlay_states(node: Mapping[str, Any]) -> dict[int, str]:
     for child in node.get("children", []):
         states.update(overlay_states(child))
     return states
-
-
-def idset(text: str) -> list[int]:
-    """Expand an RFC 22 idset such as 0-2,5."""
-    out: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        out.extend(range(int(first), int(last or first) + 1))
-    return out

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from conduit import output
+from conduit.testbed import parse_idset as idset
 from tests.compose_cluster import ComposeCluster
-from tests.runner import check_attach_output, idset, overlay_states
+from tests.runner import check_attach_output, overlay_states
 
 pytestmark = pytest.mark.compose
 
