@@ -609,7 +609,9 @@ class Testbed:
     def up(self, nodes: int, size: int, timeout: float) -> Ready:
         """Start (or keep) an instance of `size` with node0 .. node<nodes-1> running."""
         if nodes > size:
-            raise TestbedError(f"NODES={nodes} is more than MAX_NODES={size}")
+            raise TestbedError(
+                f"NODES={nodes} is more than MAX_NODES={size}; give MAX_NODES={nodes} or more"
+            )
         before = self.containers()
         services = [f"node{k}" for k in range(nodes)] + ["watchdog"]
         old_size = self.file_size() if before else None
@@ -724,10 +726,6 @@ def cmd_up(args: argparse.Namespace) -> None:
         nodes = remembered_nodes(tb) or DEFAULT_NODES
     if size is None:
         size = max(tb.file_size() or DEFAULT_SIZE, nodes)
-    if nodes > size:
-        raise TestbedError(
-            f"NODES={nodes} is more than MAX_NODES={size}; give MAX_NODES={nodes} or more"
-        )
     fresh = not tb.file.parent.exists()
     try:
         ready = tb.up(nodes, size, args.timeout)

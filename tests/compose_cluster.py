@@ -36,7 +36,7 @@ from typing import Any
 from conduit import testbed
 from tests.runner import REPO, FluxRunner, wait_until
 
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "fluxrm/flux-core:bookworm-v0.88.0")
+BASE_IMAGE = os.environ.get("BASE_IMAGE") or testbed.BASE_IMAGE  # as `make up` reads it
 COMPOSE = ["docker", "compose"]
 UP_TIMEOUT = 600  # the first build of the image included
 
@@ -134,7 +134,7 @@ class ComposeCluster(FluxRunner):
     @property
     def base(self) -> list[str]:
         """`docker compose` for this project and file."""
-        return [*COMPOSE, "--ansi", "never", "-p", self.project, "-f", str(self.file)]
+        return self.testbed.command()
 
     def command(self, *argv: str, node: str | None = None) -> list[str]:
         """`docker compose exec -T NODE ARGV...` (node0 by default), as a user on the host."""
