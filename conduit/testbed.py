@@ -321,6 +321,14 @@ def parse_count(text: str | int, name: str, hint: str) -> int:
     return int(value)
 
 
+def check_size(nodes: int, size: int) -> None:
+    """NODES must fit in the instance (MAX_NODES), or a one-line TestbedError."""
+    if nodes > size:
+        raise TestbedError(
+            f"NODES={nodes} is more than MAX_NODES={size}; give MAX_NODES={nodes} or more"
+        )
+
+
 def parse_idset(text: str) -> list[int]:
     """The ranks of an RFC 22 idset such as 0-2,5 ("" is empty)."""
     ranks: list[int] = []
@@ -447,7 +455,7 @@ class Testbed:
             )
         except subprocess.TimeoutExpired:
             raise TestbedError(f"`{' '.join(argv)}` did not finish within {timeout:g}s") from None
-        except FileNotFoundError:
+        except OSError:
             raise TestbedError(
                 f"no `{self.compose[0]}` command; install Compose v2 (with Docker, or its "
                 "docker-compose binary for Podman), or set COMPOSE to your compose command"
@@ -608,10 +616,7 @@ class Testbed:
 
     def up(self, nodes: int, size: int, timeout: float) -> Ready:
         """Start (or keep) an instance of `size` with node0 .. node<nodes-1> running."""
-        if nodes > size:
-            raise TestbedError(
-                f"NODES={nodes} is more than MAX_NODES={size}; give MAX_NODES={nodes} or more"
-            )
+        check_size(nodes, size)
         before = self.containers()
         services = [f"node{k}" for k in range(nodes)] + ["watchdog"]
         old_size = self.file_size() if before else None
@@ -726,6 +731,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         nodes = remembered_nodes(tb) or DEFAULT_NODES
     if size is None:
         size = max(tb.file_size() or DEFAULT_SIZE, nodes)
+    check_size(nodes, size)  # before anything is written or asked of the engine
     fresh = not tb.file.parent.exists()
     try:
         ready = tb.up(nodes, size, args.timeout)
