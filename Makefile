@@ -7,8 +7,8 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 MODULE = module/conduit.so
 
-# The compose testbed (conduit/testbed.py does the work; it also holds the
-# defaults).  NODES brokers run, of an instance made for MAX_NODES; both are
+# The compose testbed (the host side, conduit/testbed/, does the work; it
+# also holds the defaults).  NODES brokers run, of an instance made for MAX_NODES; both are
 # remembered per PROJECT in build/PROJECT/ until `make down`.  COMPOSE is the
 # compose command; ENGINE, the engine under it: docker, or podman (Compose v2
 # against Podman's Docker-compatible API, started by `make up` if need be);
@@ -109,10 +109,15 @@ stop: ## stop the containers, keeping everything; make up starts them again
 down: ## remove the cluster: containers, network, certificate AND rank 0's state (KEEP_STATE=1 keeps volumes)
 	@$(TESTBED) down $(if $(KEEP_STATE),--keep-state)
 
+# The targets that need a running testbed say so in one line when none runs.
+RUNNING = @$(TESTBED) running
+
 demo: ## the conduit demo inside node0; exit status says whether every packet arrived
+	$(RUNNING) demo
 	$(DC) exec -T node0 flux python -m conduit demo $(DEMO_ARGS)
 
 bench: ## the benchmark on the testbed; results in build/bench.json (plot: make bench-plot)
+	$(RUNNING) bench
 	@mkdir -p build
 	$(DC) exec -T node0 flux python -m conduit bench --json /tmp/bench.json $(BENCH_ARGS)
 	$(DC) exec -T node0 cat /tmp/bench.json > build/bench.json
@@ -124,12 +129,14 @@ bench-native: module ## the benchmark in a `flux start --test-size=3` here
 	    --json build/bench.json $(BENCH_ARGS)
 
 bench-plot: ## draw build/bench.json as build/bench.png (needs matplotlib)
-	$(PYTHON) -m conduit plot build/bench.json build/bench.png
+	$(PYTHON) -m conduit.testbed plot build/bench.json build/bench.png
 
 logs: ## the brokers' logs
+	$(RUNNING) "show the logs of"
 	$(DC) logs --no-color
 
 shell: ## a shell on node0, as the instance owner
+	$(RUNNING) "open a shell in"
 	$(DC) exec node0 bash
 
 clean: ## remove build products (a testbed's remembered size in build/PROJECT/ stays: make down)

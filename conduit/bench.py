@@ -24,7 +24,7 @@ import flux
 import flux.job
 import flux.progress
 
-from conduit import output, plot
+from conduit import output
 from conduit.errors import ConduitError, connect
 from conduit.jobs import attach, cancel_all, submit, wait_location
 from conduit.protocol import PUT, STATS
@@ -198,8 +198,6 @@ def ratios(runs: list[Run], kind: str) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.plot:
-        plot.require_matplotlib()
     h = connect()
     bench = Bench(h, args)
     producers, repeat, packets = args.producers, args.repeat, args.packets
@@ -247,8 +245,5 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results: {args.json}")
-    if args.plot:
-        plot.plot(results, args.plot)
-        print(f"plot: {args.plot}")
     lost = sum(r.lost + r.errors for r in runs)
     return 0 if lost == 0 else 1

@@ -1,8 +1,9 @@
 """python3 -m conduit: the command line, and its one error boundary.
 
 Each subcommand names the module that runs it (`set_defaults(run=...)`);
-that module is imported only when the command runs, so `--help` and
-`plot` work without Flux.  Whatever fails ends as one line on stderr,
+that module is imported only when the command runs, so `--help` works
+without Flux.  (Drawing bench results is host-side: `python3 -m
+conduit.testbed plot`.)  Whatever fails ends as one line on stderr,
 `conduit <command>: <what failed and what to do>`, and a non-zero exit;
 --debug (or CONDUIT_DEBUG=1) shows the traceback instead.
 """
@@ -251,9 +252,6 @@ def parser() -> argparse.ArgumentParser:
         help="rank of the datastore and of the echo (default 0)",
     )
     be.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    be.add_argument(
-        "--plot", metavar="FILE.png", help="draw throughput and latency against P (matplotlib)"
-    )
 
     pr = sub.add_parser("produce", help="run as a Flux job by bench and the tests: pipelined puts")
     pr.set_defaults(run=runs("producer"))
@@ -298,10 +296,6 @@ def parser() -> argparse.ArgumentParser:
     )
     st.set_defaults(run=runs("datastore", "show_store"))
 
-    pl = sub.add_parser("plot", help="draw a bench --json file as a PNG (needs matplotlib)")
-    pl.set_defaults(run=runs("plot"))
-    pl.add_argument("results", help="bench results (JSON)")
-    pl.add_argument("png", help="output image")
     return p
 
 

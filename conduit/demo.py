@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
     argv = ["datastore", "--packets", str(computes), "--fresh"]
     datastore = submit(h, argv, "datastore", args.datastore_rank)
     jobs = [datastore]
+    placed = {datastore: args.datastore_rank}  # job -> the rank it must run on, if any
     note(f"datastore job {datastore.f58}")
     try:
         with attach(datastore) as stream:
@@ -64,19 +65,58 @@ def main(args: argparse.Namespace) -> int:
                 print(line, flush=True)
                 if line == output.RUNNING:
                     for rank in compute_ranks(pool, computes):
-                        jobs.append(submit(h, ["compute", str(args.sleep)], "compute", rank))
+                        job = submit(h, ["compute", str(args.sleep)], "compute", rank)
+                        jobs.append(job)
+                        placed[job] = rank
                     note(f"{computes} computes: {' '.join(j.f58 for j in jobs[1:])}")
         result = output.parse("\n".join(stream.lines))
         return verify(h, result, jobs[1:], computes, deadline)
     except TimeoutError:
+        waiting = why_waiting(h, placed)
         cancel_all(h, jobs, "conduit demo timed out")
+        hint = f"still waiting: {waiting}" if waiting else "raise --timeout on a busy instance"
         raise ConduitError(
             f"no result within {args.timeout:g}s; cancelled its {len(jobs)} jobs "
-            "(see `flux jobs -a`); raise --timeout on a busy instance"
+            f"(see `flux jobs -a`); {hint}"
         ) from None
     except BaseException:
         cancel_all(h, jobs, "conduit demo stopped")
         raise
+
+
+PENDING = ("DEPEND", "PRIORITY", "SCHED")
+
+
+def why_waiting(h: flux.Flux, placed: dict[flux.job.JobID, int | None]) -> str:
+    """Which of these jobs never started, and why, as far as Flux knows; "" if all started.
+
+    A job placed on a rank waits for ever when that rank is drained, down
+    or excluded; one that is not placed waits for free resources.
+    """
+    status = h.rpc("resource.status", nodeid=0).get()
+    online = set(IDset(status["online"] or ""))
+    excluded = set(IDset(status["exclude"] or ""))
+    drained = {
+        rank: info.get("reason") or "no reason given"
+        for ranks, info in status["drain"].items()
+        for rank in IDset(ranks)
+    }
+    reasons: dict[str, list[str]] = {}
+    for jobid, rank in placed.items():
+        if flux.job.get_job(h, jobid).get("state") not in PENDING:
+            continue
+        if rank is None:
+            why = "not enough free resources"
+        elif rank in drained:
+            why = f"rank {rank} drained: {drained[rank]}"
+        elif rank not in online:
+            why = f"rank {rank} down"
+        elif rank in excluded:
+            why = f"rank {rank} excluded"
+        else:
+            why = f"rank {rank} busy"
+        reasons.setdefault(why, []).append(jobid.f58)
+    return "; ".join(f"{' '.join(ids)} ({why})" for why, ids in reasons.items())
 
 
 def why_failed(h: flux.Flux, jobid: flux.job.JobID, deadline: float) -> str | None:

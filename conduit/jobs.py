@@ -14,8 +14,8 @@ import flux
 import flux.job
 
 from conduit import kvsdir
-from conduit.attach import AttachStream
 from conduit.errors import ConduitError
+from conduit.lines import LineReader
 
 
 def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None) -> flux.job.JobID:
@@ -34,9 +34,9 @@ def submit(h: flux.Flux, argv: Sequence[str], name: str, rank: int | None = None
     return flux.job.JobID(flux.job.submit(h, spec))
 
 
-def attach(jobid: flux.job.JobID) -> AttachStream:
+def attach(jobid: flux.job.JobID) -> LineReader:
     """The output of job `jobid` as it comes (`flux job attach`)."""
-    return AttachStream(["flux", "job", "attach", str(jobid)])
+    return LineReader(["flux", "job", "attach", str(jobid)])
 
 
 def wait_location(h: flux.Flux, jobid: flux.job.JobID, deadline: float) -> dict[str, Any]:

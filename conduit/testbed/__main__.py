@@ -1,0 +1,5 @@
+import sys
+
+from conduit.testbed.cli import main
+
+sys.exit(main())

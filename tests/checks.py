@@ -1,0 +1,80 @@
+"""What our own tests check of the conduit, written once for every path.
+
+The fixtures and the testbed's API come from the pytest plugin
+(conduit.testbed.plugin); these are the assertions about the conduit's
+scenario that the native, compose and Podman tests share.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conduit import output
+from conduit.testbed.instance import Instance
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = REPO / "module" / "conduit.so"
+
+
+def compute_keys(store: Mapping[str, Any], plain_ids: list[str]) -> list[str]:
+    """The keys of the computes' packets in a store (one per compute)."""
+    return [k for k in store if any(k.endswith(f"-{p}") for p in plain_ids)]
+
+
+def check_attach_output(result: output.DatastoreOutput, plain_ids: list[str]) -> None:
+    """A finished datastore's attach output, line by line, for these computes' packets."""
+    lines = result.lines
+    assert lines[:4] == [output.STARTING, output.LOADED, output.INITIALIZED, output.RUNNING]
+    assert lines[-2:] == [output.BYE, output.FINISHED]
+    body = lines[4:-2]
+    # "Waiting for a packet", then the store with that packet, for each packet
+    assert body[0::2] == [output.WAITING] * (len(plain_ids) + 1), body
+    stores = [json.loads(line) for line in body[1::2]]
+    assert stores[0] == {"test": 101}
+    assert len(stores) == 1 + len(plain_ids)
+    for before, after in zip(stores, stores[1:]):
+        [added] = after.keys() - before.keys()
+        assert after == {**before, added: "os.time"}
+    final = stores[-1]
+    for plain in plain_ids:
+        assert len(compute_keys(final, [plain])) == 1, f"no packet of compute {plain} in {final}"
+
+
+@dataclass
+class Scenario:
+    datastore: str
+    computes: list[str]
+    result: output.DatastoreOutput
+
+
+def run_scenario(
+    instance: Instance, datastore_host: str | None, compute_hosts: list[str], **submit: Any
+) -> Scenario:
+    """The seed scenario: a datastore, one compute per host, the attach stream checked.
+
+    Args:
+        datastore_host, compute_hosts: where the datastore and each compute must run.
+        submit: passed to every submit (e.g. user=...).
+    """
+    packets = ["--packets", str(len(compute_hosts))]
+    ds = instance.submit("datastore", *packets, "--fresh", host=datastore_host, **submit)
+    user = submit.get("user")
+    with instance.attach(ds, user=user) as stream:
+        stream.until(lambda line: line == output.INITIALIZED, timeout=120)
+        computes = [instance.submit("compute", "0", host=h, **submit) for h in compute_hosts]
+        status = stream.finish(timeout=120)
+    assert status == 0, f"attach {ds} exited {status}: {stream.lines}\n{stream.stderr()}"
+    result = output.parse("\n".join(stream.lines))
+    check_attach_output(result, [instance.plain(j) for j in computes])
+    for jobid, host in zip(computes, compute_hosts):
+        info = instance.wait_job(jobid, user=user)
+        assert (info["result"], info["nodelist"]) == ("COMPLETED", host), info
+    info = instance.wait_job(ds, user=user)
+    assert info["result"] == "COMPLETED", info
+    if datastore_host:
+        assert info["nodelist"] == datastore_host
+    return Scenario(ds, computes, result)
