@@ -132,11 +132,11 @@ bench-plot: ## draw build/bench.json as build/bench.png (needs matplotlib)
 	$(PYTHON) -m conduit.testbed plot build/bench.json build/bench.png
 
 logs: ## the brokers' logs
-	$(RUNNING) "show the logs of"
+	$(RUNNING) logs
 	$(DC) logs --no-color
 
 shell: ## a shell on node0, as the instance owner
-	$(RUNNING) "open a shell in"
+	$(RUNNING) shell
 	$(DC) exec node0 bash
 
 clean: ## remove build products (a testbed's remembered size in build/PROJECT/ stays: make down)

@@ -26,7 +26,7 @@ import time
 import urllib.parse
 from typing import Any
 
-SOCKET = os.environ.get("ENGINE_SOCKET", "/var/run/docker.sock")
+SOCKET = os.environ.get("ENGINE_SOCKET") or "/var/run/docker.sock"  # empty: the default
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 INTERVAL = 1.0

@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_running(args: argparse.Namespace) -> None:
-    project_testbed(args).require_running(args.target)
+    project_testbed(args).require_running()
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     timeout(command("restart", cmd_restart, "restart every node, rank 0 included; state is kept"))
     command("status", cmd_status, "brokers online and resources up")
     q = command("running", cmd_running, "exit 1, with one line, unless the testbed runs")
-    q.add_argument("target", help="what needs it (make's target), for the message")
+    q.add_argument("target", help="the make target that needs it, for the message")
     command("stop", cmd_stop, "stop the containers; `up` starts them again")
     q = command("down", cmd_down, "remove the containers, the network and the volumes")
     q.add_argument("--keep-state", action="store_true", help="keep the volumes")
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a value the command refuses: a usage error
         p.error(f"{args.command}: {exc}")
     except TestbedError as exc:
-        print(f"make {args.command}: {exc}", file=sys.stderr)
+        print(f"make {getattr(args, 'target', None) or args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -73,6 +73,9 @@ def missing_engine(engine: Engine, published: str | None = None) -> str | None:
             engine.ensure_service(lambda line: None)
         except TestbedError as exc:
             return str(exc)
+        no_dns = engine.missing_dns()
+        if no_dns:
+            return no_dns
     else:
         done = _run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env)
         if done is None or done.returncode != 0:

@@ -100,6 +100,32 @@ class Engine:
             env["CONTAINERS_CONF"] = str(podman_conf())
         return env
 
+    def missing_dns(self) -> str | None:
+        """Podman: why its networks give containers no DNS (nodes must resolve node0), or None.
+
+        Netavark resolves names with aardvark-dns; the older CNI backend only
+        with the dnsname plugin, which Debian's podman does not pull in.
+        """
+        if self.name != "podman":
+            return None
+        try:
+            done = subprocess.run(
+                ["podman", "info", "--format", "{{.Host.NetworkBackend}}"],
+                env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        backend = done.stdout.strip()
+        if backend == "cni" and not any(
+            Path(d, "dnsname").exists() for d in ("/usr/lib/cni", "/opt/cni/bin")
+        ):
+            return (
+                "Podman's network backend is CNI without the dnsname plugin, so the nodes "
+                "cannot resolve node0; install netavark and aardvark-dns (then `podman "
+                "system reset`), or the CNI dnsname plugin"
+            )
+        return None
+
     def ensure_service(self, say: Callable[[str], None], timeout: float = 60) -> None:
         """Podman: its API service answering on the socket; started here if none does.
 

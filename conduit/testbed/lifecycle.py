@@ -46,6 +46,8 @@ def node_index(service: str) -> int | None:
 class Testbed:
     """One compose project of the testbed: `COMPOSE -p project -f file`."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     project: str
     file: Path
     compose_command: Sequence[str] = ("docker", "compose")
@@ -80,12 +82,12 @@ class Testbed:
         """Whether node0 of this project runs."""
         return "node0" in self.compose.running()
 
-    def require_running(self, target: str) -> None:
-        """A one-line TestbedError unless this project's node0 runs (for `make TARGET`)."""
+    def require_running(self) -> None:
+        """A one-line TestbedError unless this project's node0 runs."""
         if not self.is_running():
             raise TestbedError(
-                f"no testbed {self.project} is running, so there is nothing to {target}; "
-                "`make up` starts one (PROJECT= names another)"
+                f"no testbed {self.project} is running; `make up` starts one "
+                "(PROJECT= names another)"
             )
 
     def running_jobs(self) -> int:
@@ -141,6 +143,9 @@ class Testbed:
     def up(self, nodes: int, size: int, timeout: float) -> readiness.Ready:
         """Start (or keep) an instance of `size` with node0 .. node<nodes-1> running."""
         check_size(nodes, size)
+        no_dns = self.engine.missing_dns()
+        if no_dns:
+            raise TestbedError(no_dns)
         before = self.compose.containers()
         services = [f"node{k}" for k in range(nodes)] + ["watchdog"]
         old_size = self.file_size() if before else None

@@ -113,9 +113,12 @@ def shape_of(config: pytest.Config, asked: dict[str, Any]) -> Shape:
     if unknown:
         raise pytest.UsageError(f"@pytest.mark.{MARKER}: unknown {', '.join(sorted(unknown))}")
     nodes = int(asked.get("nodes") or setting(config, "nodes") or DEFAULT_NODES)
-    engine_name = asked.get("engine") or setting(config, "engine") or os.environ.get("ENGINE", "")
+    chosen = os.environ.get("ENGINE") or "docker"  # as `make test ENGINE=...` passes it on
+    engine_name = asked.get("engine") or setting(config, "engine") or chosen
+    # ENGINE_SOCKET is the socket of the engine ENGINE names, not of another
+    socket = os.environ.get("ENGINE_SOCKET", "") if engine_name == chosen else ""
     try:
-        engine = Engine.named(engine_name, os.environ.get("ENGINE_SOCKET", ""))
+        engine = Engine.named(engine_name, socket)
     except TestbedError as exc:
         raise pytest.UsageError(str(exc)) from None
     image = asked.get("image") or setting(config, "image")

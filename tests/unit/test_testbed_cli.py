@@ -79,3 +79,25 @@ def test_a_bad_variable_fails_in_one_line_and_leaves_nothing_behind(
     ]
     assert ours == [message]
     assert not (REPO / "build" / project).exists()
+
+
+@pytest.mark.parametrize("target", ["demo", "bench", "logs", "shell"])
+def test_a_target_that_needs_a_testbed_says_so_in_one_line_when_none_runs(target: str) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", target, f"PROJECT=conduit-test-none-{os.getpid()}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    ours = [
+        line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
+    ]
+    assert len(ours) == 1 and ours[0].startswith(f"make {target}: "), done.stderr
+    if shutil.which("docker"):  # with no engine at all, it says that instead
+        assert "is running; `make up` starts one" in ours[0]
