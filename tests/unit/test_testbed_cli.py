@@ -38,6 +38,26 @@ def test_the_makefile_takes_its_defaults_from_the_generator() -> None:
     )
 
 
+def make_fails(target: str, *variables: str) -> list[str]:
+    """`make TARGET VARIABLES...` as a user types it (also under `make test`), which must fail;
+    what it printed on stderr, less make's own `***` line."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", target, *variables],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    return [
+        line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
+    ]
+
+
 @pytest.mark.parametrize(
     "target, variables, message",
     [
@@ -60,44 +80,14 @@ def test_the_makefile_takes_its_defaults_from_the_generator() -> None:
 def test_a_bad_variable_fails_in_one_line_and_leaves_nothing_behind(
     target: str, variables: list[str], message: str
 ) -> None:
-    if shutil.which("make") is None:
-        pytest.skip("no make")
     project = f"conduit-test-bad-{os.getpid()}"
-    # as a user types it, also when the tests run under `make test`
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    done = subprocess.run(
-        ["make", "--no-print-directory", target, f"PROJECT={project}", *variables],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
-    ours = [
-        line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
-    ]
-    assert ours == [message]
+    assert make_fails(target, f"PROJECT={project}", *variables) == [message]
     assert not (REPO / "build" / project).exists()
 
 
 @pytest.mark.parametrize("target", ["demo", "bench", "logs", "shell"])
 def test_a_target_that_needs_a_testbed_says_so_in_one_line_when_none_runs(target: str) -> None:
-    if shutil.which("make") is None:
-        pytest.skip("no make")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    done = subprocess.run(
-        ["make", "--no-print-directory", target, f"PROJECT=conduit-test-none-{os.getpid()}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode != 0
-    ours = [
-        line for line in done.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)
-    ]
-    assert len(ours) == 1 and ours[0].startswith(f"make {target}: "), done.stderr
+    ours = make_fails(target, f"PROJECT=conduit-test-none-{os.getpid()}")
+    assert len(ours) == 1 and ours[0].startswith(f"make {target}: "), ours
     if shutil.which("docker"):  # with no engine at all, it says that instead
         assert "is running; `make up` starts one" in ours[0]
