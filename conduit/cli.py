@@ -148,7 +148,12 @@ def parser() -> argparse.ArgumentParser:
         "put", help="put JSON objects (arguments, or JSON Lines from --file) and wait until stored"
     )
     pu.set_defaults(run=runs("put"))
-    pu.add_argument("objects", nargs="*", metavar="JSON", help="a JSON object per argument")
+    pu.add_argument(
+        "objects",
+        nargs="*",
+        metavar="JSON",
+        help="a JSON object per argument; -: standard input's lines (JSON Lines)",
+    )
     pu.add_argument(
         "--file", "-f", metavar="FILE", help="read one JSON object per line (JSON Lines); -: stdin"
     )

@@ -17,10 +17,13 @@ from conduit.client import Conduit, encode
 from conduit.errors import ConduitError
 
 
-def read_objects(texts: Iterable[str], source: str) -> list[dict[str, Any]]:
-    """Parse and check each non-blank text as one JSON object; `source` names them in errors."""
+def read_objects(texts: Iterable[str], source: str, first: int = 1) -> list[dict[str, Any]]:
+    """Parse and check each non-blank text as one JSON object.
+
+    `source` and the text's number, counted from `first`, name it in errors.
+    """
     objects = []
-    for number, text in enumerate(texts, start=1):
+    for number, text in enumerate(texts, start=first):
         if not text.strip():
             continue
         where = f"{source} {number}"
@@ -41,8 +44,14 @@ def read_objects(texts: Iterable[str], source: str) -> list[dict[str, Any]]:
 def inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.objects and args.file:
         raise ConduitError("give JSON objects as arguments or --file, not both")
-    if args.objects:
-        return read_objects(args.objects, "argument")
+    if args.objects:  # `-` among them: standard input's lines, there
+        objects = []
+        for number, text in enumerate(args.objects, start=1):
+            if text == "-":
+                objects += read_objects(sys.stdin, "stdin line")
+            else:
+                objects += read_objects([text], "argument", first=number)
+        return objects
     if args.file == "-":
         return read_objects(sys.stdin, "stdin line")
     if args.file:

@@ -118,6 +118,22 @@ def test_put_command_arguments_file_and_stdin(flux_instance: FluxInstance, tmp_p
         ), summary
 
 
+def test_put_dash_argument_reads_standard_input(flux_instance: FluxInstance) -> None:
+    """`-` as an argument is standard input as JSON Lines, in its place (issue 14)."""
+    ds = datastore(flux_instance, "--packets", "0")
+    only = flux_instance.conduit("put", "-", input='{"a": 1}\n\n{"b": 2}\n')
+    mixed = flux_instance.conduit("put", '{"c": 3}', "-", '{"e": 5}', input='{"d": 4}\n')
+    bad = flux_instance.conduit("put", "-", input='{"ok": 1}\n{"broken": \n', check=False)
+    store = flux_instance.durable_store()
+    stop(flux_instance, ds)
+    assert list(store["store"].items()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+    assert store["packets"] == 5
+    assert [only.returncode, mixed.returncode, bad.returncode] == [0, 0, 1]
+    assert "2 packets stored" in only.stderr and "3 packets stored" in mixed.stderr
+    [line] = bad.stderr.splitlines()
+    assert line.startswith("conduit put: stdin line 2 is not JSON"), line
+
+
 @pytest.mark.parametrize(
     "argv, stdin, message",
     [
