@@ -253,15 +253,20 @@ print(json.dumps({"seconds": time.monotonic() - start, "outcome": outcome}))
 """
 
 
+def while_stopped(inst: FluxInstance, code: str) -> Any:
+    """Run `code` while a datastore on rank 2 is stopped (SIGSTOP); the JSON it printed."""
+    ds = datastore(inst, "--packets", "0", rank=2)
+    inst.flux("job", "kill", "--signal=SIGSTOP", ds)
+    try:
+        return json.loads(inst.python(code, timeout=60).stdout)
+    finally:
+        inst.flux("job", "kill", "--signal=SIGCONT", ds)
+        stop(inst, ds)
+
+
 def test_a_put_never_waits_past_its_timeout(flux_instance: FluxInstance) -> None:
     """A datastore that stops answering (SIGSTOP) holds the puts; the client gives up in time."""
-    ds = datastore(flux_instance, "--packets", "0", rank=2)
-    flux_instance.flux("job", "kill", "--signal=SIGSTOP", ds)
-    try:
-        report = json.loads(flux_instance.python(BOUNDED_PUT, timeout=60).stdout)
-    finally:
-        flux_instance.flux("job", "kill", "--signal=SIGCONT", ds)
-    stop(flux_instance, ds)
+    report = while_stopped(flux_instance, BOUNDED_PUT)
     code, message = report["outcome"]
     assert code == errno.ETIMEDOUT
     assert message.startswith("no datastore acknowledged 2 of 2 packets within 3s: ")

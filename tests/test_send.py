@@ -11,7 +11,7 @@ import pytest
 from conduit import output
 from tests.instance import FluxInstance
 from tests.runner import wait_until
-from tests.test_client import datastore, stop
+from tests.test_client import datastore, stop, while_stopped
 
 pytestmark = pytest.mark.flux
 
@@ -146,13 +146,7 @@ print(json.dumps({"accepted": accepted, "at_bound": at_bound, "blocked": blocked
 
 
 def test_back_pressure_at_the_bound_with_a_stopped_datastore(flux_instance: FluxInstance) -> None:
-    ds = datastore(flux_instance, "--packets", "0", rank=2)
-    flux_instance.flux("job", "kill", "--signal=SIGSTOP", ds)
-    try:
-        report = json.loads(flux_instance.python(BOUNDED_JOB, timeout=60).stdout)
-    finally:
-        flux_instance.flux("job", "kill", "--signal=SIGCONT", ds)
-    stop(flux_instance, ds)
+    report = while_stopped(flux_instance, BOUNDED_JOB)
     assert report["accepted"] < 1  # below the bound, a send does not wait for the datastore
     assert report["at_bound"]["pending"] == report["at_bound"]["peak_pending"] == 50
     code, message, seconds = report["blocked"]
