@@ -284,6 +284,11 @@ def parser() -> argparse.ArgumentParser:
         "--in-flight", type=whole_number(1), default=64, help="requests outstanding (default 64)"
     )
     pr.add_argument(
+        "--loop",
+        action="store_true",
+        help="a user's loop: Conduit.send per packet (--batch per request), flush at the end",
+    )
+    pr.add_argument(
         "--retry-for",
         type=seconds,
         default=0.0,

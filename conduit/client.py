@@ -221,6 +221,7 @@ class Conduit:
         self.location: Location | None = None
         self._dir = kvsdir.ConduitDir(self.h)
         self._seq = itertools.count(1)
+        self._sender.start()
 
     def put(self, data: Mapping[str, Any], timeout: float | None = None) -> Receipt:
         """Put one JSON object and wait until the datastore has stored it.

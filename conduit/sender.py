@@ -73,7 +73,7 @@ PACKET_IN_BATCH = re.compile(r"conduit\.put: packet (\d+): ")
 class Packet:
     """One sent object, from send() until its future is settled."""
 
-    __slots__ = ("seq", "payload", "sent", "deadline", "timeout", "future")
+    __slots__ = ("seq", "payload", "sent", "deadline", "timeout", "future", "settled")
 
     def __init__(self, seq: int, payload: dict[str, Any], timeout: float, sent: float) -> None:
         self.seq = seq
@@ -83,6 +83,7 @@ class Packet:
         self.deadline = sent + timeout
         self.future: Future[Receipt] = Future()
         self.future.set_running_or_notify_cancel()  # cancel() cannot take it back
+        self.settled = False  # the sender thread's own view of future.done()
 
 
 class Request:
@@ -173,7 +174,8 @@ class Sender:
             ConduitError: closed; or no place among max_pending within timeout.
         """
         now = time.monotonic()
-        self._start()
+        if self._crash is not None:
+            raise ConduitError(f"the conduit's sender thread stopped: {self._crash}")
         with self._cond:
             while self._stats.pending >= self.max_pending and not self._closing:
                 left = now + timeout - time.monotonic()
@@ -250,12 +252,12 @@ class Sender:
         with self._cond:
             return SenderStats(**vars(self._stats))
 
-    def _start(self) -> None:
-        """Start the thread, once; wait until it is connected."""
-        if self._thread is not None:
-            if self._crash is not None:
-                raise ConduitError(f"the conduit's sender thread stopped: {self._crash}")
-            return
+    def start(self) -> None:
+        """Start the thread, once; wait until it is connected.
+
+        Raises:
+            ConduitError: the thread could not connect to Flux.
+        """
         with self._start_lock:
             if self._thread is not None:
                 return
@@ -288,6 +290,8 @@ class Sender:
             wake.start()
             self._linger_timer = self._h.timer_watcher_create(self.linger, self._event())
             self._tick_timer = self._h.timer_watcher_create(TICK, self._event(), repeat=TICK)
+            with contextlib.suppress(ConduitError):  # ready before the first send, if it can be
+                self._location = self.conduit.location = locate(self._dir, deadline=0)
         except BaseException as exc:
             self._crash = exc
             return
@@ -422,7 +426,7 @@ class Sender:
     def _failed(self, request: Request, exc: OSError) -> None:
         """A request answered with an error: send it again later, or fail its packets."""
         code, reason, problem = failure(exc, request.location)
-        live = [p for p in request.packets if not p.future.done()]
+        live = [p for p in request.packets if not p.settled]
         if code in RETRYABLE_ERRNOS:
             self._stats.retries += 1
             self._problem = problem
@@ -447,7 +451,7 @@ class Sender:
         for request in list(self._requests):
             late = [p for p in request.packets if p.deadline <= now]
             self._settle([(p, None, self._timed_out(p, request.location)) for p in late])
-            if all(p.future.done() for p in request.packets):
+            if all(p.settled for p in request.packets):
                 del self._requests[request]  # its answer, if one comes, is ignored
             elif now - request.sent >= REQUEST_TIMEOUT:
                 del self._requests[request]
@@ -461,7 +465,7 @@ class Sender:
                 waiting.extend(keep)
         pending = [*self._queue, *self._retry, *(p for r in self._requests for p in r.packets)]
         self._next_expiry = min(
-            (p.deadline for p in pending if not p.future.done()), default=float("inf")
+            (p.deadline for p in pending if not p.settled), default=float("inf")
         )
 
     def _timed_out(self, packet: Packet, location: Location | None) -> ConduitError:
@@ -480,8 +484,9 @@ class Sender:
         """Give each packet its receipt or error, once, and free its place."""
         settled = []
         for packet, receipt, error in outcomes:
-            if packet.future.done():
+            if packet.settled:
                 continue
+            packet.settled = True
             if error is None:
                 packet.future.set_result(receipt)
             else:
