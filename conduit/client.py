@@ -31,7 +31,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -54,7 +53,7 @@ from conduit.protocol import (
 )
 
 if TYPE_CHECKING:
-    from conduit.sender import Sender, SenderStats
+    from conduit.sender import Sender, SenderStats, Sent
 
 DEFAULT_IN_FLIGHT = 8
 REQUEST_TIMEOUT = 10.0  # an unanswered request is sent again after this long
@@ -259,13 +258,13 @@ class Conduit:
         responses = self._send(payloads, batch, in_flight, timeout)
         return [Receipt(r["id"], r["duplicate"]) for r in responses]
 
-    def send(self, data: Mapping[str, Any], timeout: float | None = None) -> Future[Receipt]:
+    def send(self, data: Mapping[str, Any], timeout: float | None = None) -> Sent:
         """Send one JSON object without waiting for it to be stored.
 
         It is batched with the packets sent after it and leaves within
-        `linger` seconds.  Returns a future whose result() is its Receipt,
-        or raises the ConduitError that kept it from being stored within
-        `timeout` seconds of this call.
+        `linger` seconds.  Returns its future (conduit.sender.Sent):
+        result() is its Receipt, or raises the ConduitError that kept it
+        from being stored within `timeout` seconds of this call.
 
         Raises:
             ConduitError: the object is not sendable; `max_pending` packets

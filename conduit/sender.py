@@ -41,7 +41,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -70,20 +69,70 @@ FIRST_BACKOFF = 0.05
 PACKET_IN_BATCH = re.compile(r"conduit\.put: packet (\d+): ")
 
 
-class Packet:
-    """One sent object, from send() until its future is settled."""
+class Sent:
+    """The future of one send(): it ends stored (a Receipt) or failed (a ConduitError).
 
-    __slots__ = ("seq", "payload", "sent", "deadline", "timeout", "future", "settled")
+    Its fields other than `seq` belong to the sender thread.
+    """
 
-    def __init__(self, seq: int, payload: dict[str, Any], timeout: float, sent: float) -> None:
-        self.seq = seq
+    __slots__ = (
+        "seq", "payload", "sent", "deadline", "timeout", "settled", "_answer", "_error",
+        "_callbacks", "_cond",
+    )  # fmt: skip
+
+    def __init__(
+        self, seq: int, payload: dict[str, Any], timeout: float, sent: float, cond: Any
+    ) -> None:
+        self.seq = seq  # its sequence number: (producer, seq) names it in the store
         self.payload = payload
         self.sent = sent  # time.monotonic() of the send
         self.timeout = timeout
         self.deadline = sent + timeout
-        self.future: Future[Receipt] = Future()
-        self.future.set_running_or_notify_cancel()  # cancel() cannot take it back
-        self.settled = False  # the sender thread's own view of future.done()
+        self.settled = False
+        self._answer: dict[str, Any] | None = None  # the module's {"id", "duplicate"}
+        self._error: ConduitError | None = None
+        self._callbacks: list[Callable[[Sent], None]] | None = None
+        self._cond = cond  # the sender's condition, notified as packets settle
+
+    def done(self) -> bool:
+        """Whether it is stored or has failed."""
+        return self.settled
+
+    def result(self, timeout: float | None = None) -> Receipt:
+        """Its receipt, once stored; waits up to `timeout` seconds (None: until it ends).
+
+        Raises:
+            ConduitError: it failed (errno as for put).
+            TimeoutError: it has not ended within `timeout`.
+        """
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        return Receipt(self._answer["id"], self._answer["duplicate"])
+
+    def exception(self, timeout: float | None = None) -> ConduitError | None:
+        """Why it failed, or None once stored; waits as result() does."""
+        self._wait(timeout)
+        return self._error
+
+    def add_done_callback(self, fn: Callable[[Sent], None]) -> None:
+        """Call fn(this) when it ends: at once if it has, else on the sender thread."""
+        with self._cond:
+            if not self.settled:
+                self._callbacks = [*(self._callbacks or []), fn]
+                return
+        fn(self)
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.settled else "failed" if self._error else "stored"
+        return f"<Sent seq {self.seq} {state}>"
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self.settled:
+            with self._cond:
+                if not self._cond.wait_for(self.done, timeout):
+                    raise TimeoutError(f"packet seq {self.seq} is still pending")
 
 
 class Request:
@@ -91,7 +140,7 @@ class Request:
 
     __slots__ = ("packets", "location", "sent", "rpc")
 
-    def __init__(self, packets: list[Packet], location: Location, sent: float) -> None:
+    def __init__(self, packets: list[Sent], location: Location, sent: float) -> None:
         self.packets = packets
         self.location = location
         self.sent = sent
@@ -138,7 +187,7 @@ class Sender:
         self.max_pending = max_pending
         # Shared with the caller's threads, under _cond.
         self._cond = threading.Condition()
-        self._incoming: deque[Packet] = deque()  # sent, not yet taken by the thread
+        self._incoming: deque[Sent] = deque()  # sent, not yet taken by the thread
         self._asleep = True  # the thread waits for a wake-up to look at _incoming
         self._urgent = False  # flush(): send partial batches now
         self._closing = False
@@ -151,8 +200,8 @@ class Sender:
         self._wake_r = self._wake_w = -1
         # The thread's own, touched by nothing else once it runs.
         self._h: Any = None
-        self._queue: deque[Packet] = deque()  # to send, in seq order
-        self._retry: list[Packet] = []  # failed retryably, sent again once nothing is in flight
+        self._queue: deque[Sent] = deque()  # to send, in seq order
+        self._retry: list[Sent] = []  # failed retryably, sent again once nothing is in flight
         self._requests: dict[Request, None] = {}  # in flight, oldest first
         self._location: Location | None = None
         self._draining = False  # a request failed: send nothing new until all have answered
@@ -167,7 +216,7 @@ class Sender:
         self._tick_timer: Any = None
 
     # The caller's side.
-    def send(self, text: str, timeout: float) -> Future[Receipt]:
+    def send(self, text: str, timeout: float) -> Sent:
         """Queue one packet's data (already encoded); its future.
 
         Raises:
@@ -190,7 +239,7 @@ class Sender:
                 raise ConduitError("the client is closed; make a new Conduit to send more")
             seq = next(self.conduit._seq)
             payload = {"data": text, "producer": self.conduit.producer, "seq": seq}
-            packet = Packet(seq, payload, timeout, now)
+            packet = Sent(seq, payload, timeout, now, self._cond)
             self._incoming.append(packet)
             stats = self._stats
             stats.sent += 1
@@ -201,7 +250,7 @@ class Sender:
             self._asleep = False
         if wake:
             self._wake()
-        return packet.future
+        return packet
 
     def flush(self, timeout: float | None) -> None:
         """Wait until nothing is pending; raise one ConduitError for what failed."""
@@ -339,12 +388,7 @@ class Sender:
                     self._failed(request, exc)
                 else:
                     answers = answer.get("packets", [answer])
-                    self._settle(
-                        [
-                            (p, Receipt(a["id"], a["duplicate"]), None)
-                            for p, a in zip(request.packets, answers)
-                        ]
-                    )
+                    self._settle([(p, a, None) for p, a in zip(request.packets, answers)])
                     self._backoff, self._problem = FIRST_BACKOFF, ""
             self._pump()
         except BaseException as exc:
@@ -409,7 +453,7 @@ class Sender:
             self._linger_timer.reset(after=due - now)
             self._linger_at = due
 
-    def _request(self, packets: list[Packet], now: float) -> None:
+    def _request(self, packets: list[Sent], now: float) -> None:
         assert self._location is not None
         request = Request(packets, self._location, now)
         self._requests[request] = None
@@ -468,7 +512,7 @@ class Sender:
             (p.deadline for p in pending if not p.settled), default=float("inf")
         )
 
-    def _timed_out(self, packet: Packet, location: Location | None) -> ConduitError:
+    def _timed_out(self, packet: Sent, location: Location | None) -> ConduitError:
         problem = self._problem or (f"{location} has not answered" if location else "")
         return ConduitError(
             f"no datastore acknowledged packet seq {packet.seq} within {packet.timeout:g}s"
@@ -480,34 +524,35 @@ class Sender:
         self._next_try = now + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
-    def _settle(self, outcomes: list[tuple[Packet, Receipt | None, ConduitError | None]]) -> None:
-        """Give each packet its receipt or error, once, and free its place."""
-        settled = []
-        for packet, receipt, error in outcomes:
-            if packet.settled:
-                continue
-            packet.settled = True
-            if error is None:
-                packet.future.set_result(receipt)
-            else:
-                packet.future.set_exception(error)
-            settled.append((receipt, error))
-        if not settled:
-            return
+    def _settle(
+        self, outcomes: list[tuple[Sent, dict[str, Any] | None, ConduitError | None]]
+    ) -> None:
+        """Give each packet its answer or error, once, and free its place."""
+        done = []
         with self._cond:
             stats = self._stats
-            for receipt, error in settled:
+            for packet, answer, error in outcomes:
+                if packet.settled:
+                    continue
+                packet.settled = True
+                packet._answer, packet._error = answer, error
+                done.append(packet)
                 if error is None:
                     stats.stored += 1
-                    stats.duplicates += bool(receipt and receipt.duplicate)
+                    stats.duplicates += bool(answer and answer["duplicate"])
                 else:
                     stats.failed += 1
                     entry = self._failures.setdefault(error.errno or 0, [0, error])
                     entry[0] += 1
-            stats.pending -= len(settled)
+            if not done:
+                return
+            stats.pending -= len(done)
             if stats.pending == 0:
                 self._urgent = False
             self._cond.notify_all()
+        for packet in done:
+            for fn in packet._callbacks or ():
+                fn(packet)
 
     def _fail_all(self, error: ConduitError) -> None:
         with self._cond:
