@@ -1,7 +1,9 @@
 """`python3 -m conduit put`: JSON objects from the command line or JSON Lines, into the store.
 
 Every object is read and checked before anything is sent, so a bad line
-sends nothing.  The exit status is 0 only when every packet is stored.
+sends nothing.  Then each goes with Conduit.send (batched, and pipelined
+deeper than put_many: faster for long inputs).  The exit status is 0
+only when every packet is stored.
 """
 
 from __future__ import annotations
@@ -73,9 +75,12 @@ def main(args: argparse.Namespace) -> int:
     objects = inputs(args)
     if not objects:
         raise ConduitError("no JSON object in the input; nothing was sent")
-    conduit = Conduit(producer=args.producer, timeout=args.timeout)
+    conduit = Conduit(producer=args.producer, timeout=args.timeout, batch=args.batch)
     start = time.monotonic()
-    receipts = conduit.put_many(objects, batch=args.batch)
+    deadline = start + args.timeout  # for every packet, however long the sends wait
+    sent = [conduit.send(obj, max(deadline - time.monotonic(), 0)) for obj in objects]
+    conduit.close()  # raises how many failed, and why
+    receipts = [s.result() for s in sent]
     duplicates = sum(r.duplicate for r in receipts)
     print(
         f"conduit put: {plural(len(receipts), 'packet')} stored "

@@ -77,11 +77,11 @@ class Sent:
 
     __slots__ = (
         "seq", "payload", "sent", "deadline", "timeout", "settled", "_answer", "_error",
-        "_callbacks", "_cond",
+        "_callbacks", "_seen", "_sender",
     )  # fmt: skip
 
     def __init__(
-        self, seq: int, payload: dict[str, Any], timeout: float, sent: float, cond: Any
+        self, seq: int, payload: dict[str, Any], timeout: float, sent: float, sender: Sender
     ) -> None:
         self.seq = seq  # its sequence number: (producer, seq) names it in the store
         self.payload = payload
@@ -92,7 +92,8 @@ class Sent:
         self._answer: dict[str, Any] | None = None  # the module's {"id", "duplicate"}
         self._error: ConduitError | None = None
         self._callbacks: list[Callable[[Sent], None]] | None = None
-        self._cond = cond  # the sender's condition, notified as packets settle
+        self._seen = False  # its failure was shown to the caller (result, exception)
+        self._sender = sender
 
     def done(self) -> bool:
         """Whether it is stored or has failed."""
@@ -107,6 +108,7 @@ class Sent:
         """
         self._wait(timeout)
         if self._error is not None:
+            self._sender._seen(self)
             raise self._error
         assert self._answer is not None
         return Receipt(self._answer["id"], self._answer["duplicate"])
@@ -114,11 +116,13 @@ class Sent:
     def exception(self, timeout: float | None = None) -> ConduitError | None:
         """Why it failed, or None once stored; waits as result() does."""
         self._wait(timeout)
+        if self._error is not None:
+            self._sender._seen(self)
         return self._error
 
     def add_done_callback(self, fn: Callable[[Sent], None]) -> None:
         """Call fn(this) when it ends: at once if it has, else on the sender thread."""
-        with self._cond:
+        with self._sender._cond:
             if not self.settled:
                 self._callbacks = [*(self._callbacks or []), fn]
                 return
@@ -130,8 +134,8 @@ class Sent:
 
     def _wait(self, timeout: float | None) -> None:
         if not self.settled:
-            with self._cond:
-                if not self._cond.wait_for(self.done, timeout):
+            with self._sender._cond:
+                if not self._sender._cond.wait_for(self.done, timeout):
                     raise TimeoutError(f"packet seq {self.seq} is still pending")
 
 
@@ -194,6 +198,7 @@ class Sender:
         self._stats = SenderStats()
         self._failures: dict[int, list[Any]] = {}  # errno -> [count, first error], since flush
         self._sent_since_flush = 0
+        self._unseen = 0  # of the failures since flush, those no result() or exception() showed
         self._crash: BaseException | None = None  # what stopped the thread, if not close()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -239,7 +244,7 @@ class Sender:
                 raise ConduitError("the client is closed; make a new Conduit to send more")
             seq = next(self.conduit._seq)
             payload = {"data": text, "producer": self.conduit.producer, "seq": seq}
-            packet = Sent(seq, payload, timeout, now, self._cond)
+            packet = Sent(seq, payload, timeout, now, self)
             self._incoming.append(packet)
             stats = self._stats
             stats.sent += 1
@@ -252,8 +257,11 @@ class Sender:
             self._wake()
         return packet
 
-    def flush(self, timeout: float | None) -> None:
-        """Wait until nothing is pending; raise one ConduitError for what failed."""
+    def flush(self, timeout: float | None, unseen_only: bool = False) -> None:
+        """Wait until nothing is pending; raise one ConduitError for what failed.
+
+        With `unseen_only`, only if a failure was not already shown on its future.
+        """
         if self._thread is None:
             return
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
@@ -277,13 +285,14 @@ class Sender:
                 self._cond.wait(min(left, 1.0))
             failures, self._failures = self._failures, {}
             sent, self._sent_since_flush = self._sent_since_flush, 0
-        if failures:
+            unseen, self._unseen = self._unseen, 0
+        if failures and (unseen or not unseen_only):
             raise flush_error(failures, sent)
 
-    def close(self, timeout: float | None) -> None:
+    def close(self, timeout: float | None, unseen_only: bool = False) -> None:
         """Flush, then stop the thread; pending packets then fail."""
         try:
-            self.flush(timeout)
+            self.flush(timeout, unseen_only)
         finally:
             with self._cond:
                 self._closing = True
@@ -296,6 +305,13 @@ class Sender:
                     os.close(self._wake_w)
                     self._wake_r = self._wake_w = -1
             _LIVE.discard(self)
+
+    def _seen(self, packet: Sent) -> None:
+        """A failure shown to the caller: not worth a line at exit."""
+        with self._cond:
+            if not packet._seen:
+                packet._seen = True
+                self._unseen = max(self._unseen - 1, 0)
 
     def stats(self) -> SenderStats:
         with self._cond:
@@ -542,6 +558,7 @@ class Sender:
                     stats.duplicates += bool(answer and answer["duplicate"])
                 else:
                     stats.failed += 1
+                    self._unseen += 1
                     entry = self._failures.setdefault(error.errno or 0, [0, error])
                     entry[0] += 1
             if not done:
@@ -586,6 +603,6 @@ def _flush_at_exit() -> None:
     """A script that never closed its client: its packets still go, failures on stderr."""
     for sender in list(_LIVE):
         try:
-            sender.close(None)
+            sender.close(None, unseen_only=True)
         except ConduitError as exc:
             print(f"conduit: at exit: {exc}", file=sys.stderr, flush=True)

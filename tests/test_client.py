@@ -164,7 +164,8 @@ def test_put_command_without_a_datastore_ends_in_time(flux_instance: FluxInstanc
     assert done.returncode == 1
     assert time.monotonic() - start < 30  # bounded: the timeout, not the test's limit
     [line] = done.stderr.splitlines()
-    assert line.startswith("conduit put: no datastore acknowledged within 2s: no datastore")
+    assert line.startswith("conduit put: 1 of 1 packets sent since the last flush failed: ")
+    assert "no datastore acknowledged packet seq 1 within 2s: no datastore" in line
 
 
 def saved(path: Path) -> Any:

@@ -178,6 +178,16 @@ except ConduitError as exc:
 """
 
 
+# A script that sends and ends, never flushing: the exit flushes it.
+UNFLUSHED_JOB = """
+import sys
+from conduit.client import Conduit
+conduit = Conduit(timeout=int(sys.argv[1]))
+for i in range(500):
+    conduit.send({f"unflushed-{i}": i})
+"""
+
+
 def test_sends_without_a_datastore_fail_within_their_timeout(
     flux_instance: FluxInstance,
 ) -> None:
@@ -186,6 +196,21 @@ def test_sends_without_a_datastore_fail_within_their_timeout(
     assert 2 <= report["seconds"] < 5
     assert report["error"].startswith("5 of 5 packets sent since the last flush failed: ")
     assert "within 2s: no datastore has published its location" in report["error"]
+    # never flushed: the failures are one line on stderr at exit, not silence
+    done = flux_instance.python(UNFLUSHED_JOB, "2", timeout=60)
+    [line] = done.stderr.splitlines()
+    assert line.startswith("conduit: at exit: 500 of 500 packets sent since the last flush failed")
+
+
+def test_a_script_that_never_flushes_gets_its_packets_out_at_exit(
+    flux_instance: FluxInstance,
+) -> None:
+    ds = datastore(flux_instance, "--packets", "0")
+    done = flux_instance.python(UNFLUSHED_JOB, "30", timeout=60)
+    store = flux_instance.durable_store()
+    stop(flux_instance, ds)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert store["store"] == {f"unflushed-{i}": i for i in range(500)}
 
 
 # A job that runs its own reactor on its own handle: a timer sends a packet
