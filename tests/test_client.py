@@ -236,7 +236,7 @@ def test_readme_example_job_runs_as_written(flux_instance: FluxInstance, tmp_pat
     store = flux_instance.durable_store()
     stop(flux_instance, ds)
     assert done.returncode == 0, done.stderr
-    assert store["packets"] == 2 * 10 + 2 * 100  # two tasks: 10 steps, then 100 samples each
+    assert store["packets"] == 2 * 100 + 2 * 1  # two tasks: 100 steps, then a summary each
 
 
 # Puts with a 3 s timeout; prints how long it took and what it raised.
