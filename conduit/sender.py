@@ -1,12 +1,15 @@
 """Conduit.send: packets that leave without waiting, batched and pipelined.
 
-How it makes progress: a daemon thread, started by the first send, with
+How it makes progress: a daemon thread, started with the Conduit, with
 its own Flux handle and reactor (Flux handles are not thread-safe, so it
 never touches the caller's).  send() only checks the object, appends it
-to a queue under a lock and returns a future; a byte on a pipe, watched
-by the thread's reactor, wakes the thread when the queue was empty or a
-batch has filled.  The thread sends a batch when `batch` packets wait or
-the oldest has waited `linger` seconds (at once after flush()), keeps
+to a queue under a lock and returns a future.  A byte on a pipe, watched
+by the thread's reactor, wakes the thread for the first packet after it
+has gone idle; it then arms a timer for that packet's `linger`, so a
+fast loop costs one wake-up per linger, not one per packet or batch
+(each wake-up is a hand-over of Python's GIL between the two threads).
+The thread sends whole batches of `batch` packets, and the rest once
+the oldest has waited `linger` seconds (at once after flush()); it keeps
 any number of requests in flight, and settles each packet's future from
 the datastore's answers.  The caller's own reactor, RPCs and timers on
 her handle are never involved, so a plain loop and a job that runs its
@@ -192,7 +195,7 @@ class Sender:
         # Shared with the caller's threads, under _cond.
         self._cond = threading.Condition()
         self._incoming: deque[Sent] = deque()  # sent, not yet taken by the thread
-        self._asleep = True  # the thread waits for a wake-up to look at _incoming
+        self._asleep = True  # no linger timer will take _incoming: wake the thread
         self._urgent = False  # flush(): send partial batches now
         self._closing = False
         self._stats = SenderStats()
@@ -251,8 +254,7 @@ class Sender:
             stats.pending += 1
             stats.peak_pending = max(stats.peak_pending, stats.pending)
             self._sent_since_flush += 1
-            wake = self._asleep or len(self._incoming) == self.batch
-            self._asleep = False
+            wake, self._asleep = self._asleep, False
         if wake:
             self._wake()
         return packet
@@ -438,9 +440,11 @@ class Sender:
         if busy != self._ticking:
             self._ticking = busy
             (self._tick_timer.start if busy else self._tick_timer.stop)()
-        with self._cond:
-            if not busy and not self._incoming:
-                self._asleep = True
+        with self._cond:  # a wake-up per linger at most, not per packet or batch
+            arrived = self._incoming[0].sent if self._incoming else None
+            self._asleep = arrived is None and self._linger_at <= now
+        if arrived is not None:
+            self._linger(now, arrived + self.linger)
         if closing and not busy:
             self._h.reactor_stop()
 
@@ -464,9 +468,14 @@ class Sender:
         if urgent or now >= due:
             self._request(list(queue), now)
             queue.clear()
-        elif not now < self._linger_at <= due:  # no timer armed to fire by then
+        else:
+            self._linger(now, due)
+
+    def _linger(self, now: float, due: float) -> None:
+        """Have the linger timer fire by `due`."""
+        if not now < self._linger_at <= due:
             self._linger_timer.stop()
-            self._linger_timer.reset(after=due - now)
+            self._linger_timer.reset(after=max(due - now, 0))
             self._linger_at = due
 
     def _request(self, packets: list[Sent], now: float) -> None:
