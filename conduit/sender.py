@@ -70,6 +70,7 @@ START_TIMEOUT = 30.0  # seconds the thread may take to connect to Flux
 STOP_TIMEOUT = 10.0  # seconds close() waits for the thread to end
 FIRST_BACKOFF = 0.05
 PACKET_IN_BATCH = re.compile(r"conduit\.put: packet (\d+): ")
+SETTLED: dict[str, Any] = {}  # a settled packet's payload: never sent again
 
 
 class Sent:
@@ -445,7 +446,7 @@ class Sender:
             self._asleep = arrived is None and self._linger_at <= now
         if arrived is not None:
             self._linger(now, arrived + self.linger)
-        if closing and not busy:
+        if closing:  # after close()'s flush: what is still pending fails (ECANCELED)
             self._h.reactor_stop()
 
     def _find_datastore(self, now: float) -> None:
@@ -561,6 +562,7 @@ class Sender:
                     continue
                 packet.settled = True
                 packet._answer, packet._error = answer, error
+                packet.payload = SETTLED  # its data is not kept with the future
                 done.append(packet)
                 if error is None:
                     stats.stored += 1
