@@ -64,6 +64,7 @@ REQUEST_TIMEOUT = 10.0  # an unanswered request is sent again after this long
 MAX_BACKOFF = 1.0
 
 HOW_TO_START = "submit one first: flux submit -N1 -n1 flux python -m conduit datastore"
+JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps makes one a call
 
 _instances = itertools.count(1)
 
@@ -114,19 +115,20 @@ def encode(data: Any, what: str = "the packet") -> str:
             module's default limits (size, nesting); the message names
             the packet as `what`.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise ConduitError(f"{what} is not a JSON object (a dict) but {type(data).__name__}")
     try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        text = JSON.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConduitError(f"{what} cannot be sent as JSON: {exc}", errno.EPROTO) from None
-    if len(text.encode()) > MAX_DATA:
+    if len(text) > MAX_DATA:  # ASCII (JSON's \u escapes), so characters are bytes
         raise ConduitError(
-            f"{what} is {len(text.encode())} bytes as JSON, over the limit of {MAX_DATA}",
+            f"{what} is {len(text)} bytes as JSON, over the limit of {MAX_DATA}",
             errno.EMSGSIZE,
         )
-    depth = nesting(data)
-    if depth > MAX_DEPTH:
+    # each level takes a bracket, so few brackets (the common case) need no walk
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_DEPTH and (depth := nesting(data)) > MAX_DEPTH:
         raise ConduitError(
             f"{what} is nested {depth} levels deep, over the limit of {MAX_DEPTH}", errno.EPROTO
         )

@@ -198,34 +198,28 @@ def send_loop(h: flux.Flux, load: Load) -> dict[str, Any]:
     """The loop a user writes: Conduit.send for each packet, flush at the end; the report."""
     name = job_name()
     conduit = Conduit(h, producer=name, timeout=max(load.retry_for, 30.0), batch=load.batch)
-    sent_at = [0.0] * load.count
-    acked_at = [0.0] * load.count
-    futures = []
     start = time.time()
-    for i in range(load.count):
-        sent_at[i] = time.perf_counter()
-        future = conduit.send(packet_object(name, i + 1, load.size))
-        future.add_done_callback(lambda _, i=i: acked_at.__setitem__(i, time.perf_counter()))
-        futures.append(future)
+    futures = [conduit.send(packet_object(name, i, load.size)) for i in range(1, load.count + 1)]
     with contextlib.suppress(ConduitError):  # each failure is counted below
-        conduit.close()
+        conduit.flush()
     end = time.time()
+    conduit.close()
     errors: dict[str, int] = {}
-    receipts = []
+    stored = []
     for future in futures:
         exc = future.exception()
         if exc is None:
-            receipts.append(future.result())
+            stored.append(future)
         else:
-            key = os.strerror(getattr(exc, "errno", None) or errno.EIO)
+            key = os.strerror(exc.errno or errno.EIO)
             errors[key] = errors.get(key, 0) + 1
     return {
         "producer": name, "topic": PUT, "rank": h.get_rank(), "count": load.count,
-        "batch": load.batch, "acked": len(receipts),
-        "duplicates": sum(r.duplicate for r in receipts),
+        "batch": load.batch, "acked": len(stored),
+        "duplicates": sum(f.result().duplicate for f in stored),
         "retries": conduit.send_stats.retries, "unacked": 0, "errors": errors,
         "start": start, "end": end,
-        "latency_us": [round((a - s) * 1e6) for s, a in zip(sent_at, acked_at) if a],
+        "latency_us": [round((f.settled_at - f.sent_at) * 1e6) for f in stored],
     }  # fmt: skip
 
 

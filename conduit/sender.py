@@ -76,11 +76,13 @@ SETTLED: dict[str, Any] = {}  # a settled packet's payload: never sent again
 class Sent:
     """The future of one send(): it ends stored (a Receipt) or failed (a ConduitError).
 
-    Its fields other than `seq` belong to the sender thread.
+    `seq` is its sequence number; `sent_at` and `settled_at` the time.monotonic()
+    of its send and of its end.  Its other fields belong to the sender thread.
     """
 
     __slots__ = (
-        "seq", "payload", "sent", "deadline", "timeout", "settled", "_answer", "_error",
+        "seq", "payload", "sent_at", "settled_at", "deadline", "timeout", "settled", "_answer",
+        "_error",
         "_callbacks", "_seen", "_sender",
     )  # fmt: skip
 
@@ -89,7 +91,8 @@ class Sent:
     ) -> None:
         self.seq = seq  # its sequence number: (producer, seq) names it in the store
         self.payload = payload
-        self.sent = sent  # time.monotonic() of the send
+        self.sent_at = sent  # time.monotonic() of the send
+        self.settled_at = 0.0  # ... and of its end (stored or failed)
         self.timeout = timeout
         self.deadline = sent + timeout
         self.settled = False
@@ -256,8 +259,11 @@ class Sender:
             stats.peak_pending = max(stats.peak_pending, stats.pending)
             self._sent_since_flush += 1
             wake, self._asleep = self._asleep, False
+            full = len(self._incoming) % self.batch == 0
         if wake:
             self._wake()
+        elif full:  # offer the thread the GIL now, rather than after Python's switch interval
+            time.sleep(0)
         return packet
 
     def flush(self, timeout: float | None, unseen_only: bool = False) -> None:
@@ -442,7 +448,7 @@ class Sender:
             self._ticking = busy
             (self._tick_timer.start if busy else self._tick_timer.stop)()
         with self._cond:  # a wake-up per linger at most, not per packet or batch
-            arrived = self._incoming[0].sent if self._incoming else None
+            arrived = self._incoming[0].sent_at if self._incoming else None
             self._asleep = arrived is None and self._linger_at <= now
         if arrived is not None:
             self._linger(now, arrived + self.linger)
@@ -465,7 +471,7 @@ class Sender:
             self._request([queue.popleft() for _ in range(self.batch)], now)
         if not queue:
             return
-        due = queue[0].sent + self.linger
+        due = queue[0].sent_at + self.linger
         if urgent or now >= due:
             self._request(list(queue), now)
             queue.clear()
@@ -554,33 +560,39 @@ class Sender:
         self, outcomes: list[tuple[Sent, dict[str, Any] | None, ConduitError | None]]
     ) -> None:
         """Give each packet its answer or error, once, and free its place."""
+        now = time.monotonic()
         done = []
+        stored = duplicates = 0
         with self._cond:
-            stats = self._stats
             for packet, answer, error in outcomes:
                 if packet.settled:
                     continue
                 packet.settled = True
+                packet.settled_at = now
                 packet._answer, packet._error = answer, error
                 packet.payload = SETTLED  # its data is not kept with the future
                 done.append(packet)
                 if error is None:
-                    stats.stored += 1
-                    stats.duplicates += bool(answer and answer["duplicate"])
+                    stored += 1
+                    duplicates += answer["duplicate"] if answer else 0
                 else:
-                    stats.failed += 1
-                    self._unseen += 1
                     entry = self._failures.setdefault(error.errno or 0, [0, error])
                     entry[0] += 1
             if not done:
                 return
+            stats = self._stats
+            stats.stored += stored
+            stats.duplicates += duplicates
+            stats.failed += len(done) - stored
+            self._unseen += len(done) - stored
             stats.pending -= len(done)
             if stats.pending == 0:
                 self._urgent = False
             self._cond.notify_all()
         for packet in done:
-            for fn in packet._callbacks or ():
-                fn(packet)
+            if packet._callbacks:
+                for fn in packet._callbacks:
+                    fn(packet)
 
     def _fail_all(self, error: ConduitError) -> None:
         with self._cond:
