@@ -6,7 +6,8 @@ per request ("conduit") and B packets per request ("batched"); then the
 same P x M x S go to broker.ping (Flux's built-in echo) on the
 datastore's rank, one per request ("raw").  The ratio of each conduit
 path's packets/s to raw round trips/s says how much of what Flux's RPC
-carries the conduit delivers.
+carries the conduit delivers.  The "loop" path is the client API as a
+user writes it: one Conduit.send per packet, flush at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from conduit.protocol import PUT, STATS
 
 RAW_TOPIC = "broker.ping"
 JOB_TIMEOUT = 300.0
-KINDS = ("conduit", "batched", "raw")
+KINDS = ("conduit", "batched", "raw", "loop")
 
 
 @dataclass
@@ -108,9 +109,10 @@ class Bench:
         argv = [
             "produce", "--topic", RAW_TOPIC if kind == "raw" else PUT, "--rank", str(self.rank),
             "--count", str(self.packets), "--size", str(self.size),
-            "--batch", str(self.batch if kind == "batched" else 1),
+            "--batch", str(self.batch if kind in ("batched", "loop") else 1),
             "--in-flight", str(self.in_flight), "--start-at", f"{start_at:.3f}",
         ]  # fmt: skip
+        argv += ["--loop"] if kind == "loop" else []
         # Round-robin from the rank after the datastore's, which holds one
         # job already; every path gets the same placement.
         jobs = [
@@ -187,13 +189,13 @@ def table(runs: list[Run]) -> str:
     return "\n".join(rows)
 
 
-def ratios(runs: list[Run], kind: str) -> dict[str, float]:
-    """Per P, packets/s of path `kind` over raw round trips/s."""
+def ratios(runs: list[Run], kind: str, over: str = "raw") -> dict[str, float]:
+    """Per P, packets/s of path `kind` over those of path `over` (raw round trips/s)."""
     by = {(r.kind, r.producers): r for r in runs}
     return {
-        str(p): round(by[kind, p].per_second / by["raw", p].per_second, 3)
+        str(p): round(by[kind, p].per_second / by[over, p].per_second, 3)
         for (k, p) in by
-        if k == kind and ("raw", p) in by
+        if k == kind and (over, p) in by
     }
 
 
@@ -214,10 +216,11 @@ def main(args: argparse.Namespace) -> int:
         bench.bar.start()
     runs: list[Run] = []
     try:
-        bench.start_datastore(2 * total)  # both conduit paths
+        bench.start_datastore((len(KINDS) - 1) * total)  # every path but raw
         for round_ in range(repeat):
             # rotate which path goes first, so that drift favours none
-            kinds = KINDS[round_ % 3 :] + KINDS[: round_ % 3]
+            first = round_ % len(KINDS)
+            kinds = KINDS[first:] + KINDS[:first]
             for count in producers:
                 runs.extend(bench.run(kind, count) for kind in kinds)
         bench.finish_datastore()
@@ -233,6 +236,8 @@ def main(args: argparse.Namespace) -> int:
         "runs": [asdict(r) for r in picked],
         "ratio": ratios(picked, "conduit"),
         "batched_ratio": ratios(picked, "batched"),
+        "loop_ratio": ratios(picked, "loop"),
+        "loop_batched_ratio": ratios(picked, "loop", over="batched"),
         "all_runs": [asdict(r) for r in runs],
     }
     print(f"median of {repeat} rounds; {packets} packets of {args.size} bytes per producer")
@@ -240,7 +245,8 @@ def main(args: argparse.Namespace) -> int:
     for p in results["ratio"]:
         print(
             f"P={p}: conduit/raw = {results['ratio'][p]:.2f}, "
-            f"batched ({args.batch} per request)/raw = {results['batched_ratio'][p]:.2f}"
+            f"batched ({args.batch} per request)/raw = {results['batched_ratio'][p]:.2f}, "
+            f"loop/batched = {results['loop_batched_ratio'][p]:.2f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -149,7 +149,12 @@ def parser() -> argparse.ArgumentParser:
         "put", help="put JSON objects (arguments, or JSON Lines from --file) and wait until stored"
     )
     pu.set_defaults(run=runs("put"))
-    pu.add_argument("objects", nargs="*", metavar="JSON", help="a JSON object per argument")
+    pu.add_argument(
+        "objects",
+        nargs="*",
+        metavar="JSON",
+        help="a JSON object per argument; -: standard input's lines (JSON Lines)",
+    )
     pu.add_argument(
         "--file", "-f", metavar="FILE", help="read one JSON object per line (JSON Lines); -: stdin"
     )
@@ -275,6 +280,11 @@ def parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--in-flight", type=whole_number(1), default=64, help="requests outstanding (default 64)"
+    )
+    pr.add_argument(
+        "--loop",
+        action="store_true",
+        help="a user's loop: Conduit.send per packet (--batch per request), flush at the end",
     )
     pr.add_argument(
         "--retry-for",

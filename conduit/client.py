@@ -5,11 +5,20 @@
     conduit = Conduit()                      # finds the datastore, wherever it runs
     conduit.put({"step": 1, "energy": 1.5})  # returns once the packet is stored
     conduit.put_many(results)                # batched and pipelined
+    conduit.send({"step": 2})                # returns at once with a future
+    conduit.flush()                          # every packet sent so far stored, or ConduitError
 
 Every packet carries this client's producer name and a sequence number,
 so a put retried after a timeout or a datastore restart is stored once.
 A put waits at most `timeout` seconds, over all its retries; what cannot
 be stored raises ConduitError with the reason and Flux's errno.
+
+`send` makes progress on a daemon thread that each Conduit starts, with
+a Flux handle and reactor of its own (conduit.sender): it never touches
+your handle or reactor, so a plain loop and a job running its own
+reactor both get their packets out with only send and flush.  Don't
+carry a Conduit across fork(), and don't block in a future's callback
+(it runs on that thread).
 
 Runs in any Python that imports flux (`flux python`): the standard
 library and flux only.
@@ -17,6 +26,7 @@ library and flux only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -26,7 +36,8 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import flux
 import flux.job
@@ -35,6 +46,8 @@ from conduit import kvsdir
 from conduit.errors import ConduitError, connect
 from conduit.protocol import (
     DEFAULT_BATCH,
+    DEFAULT_LINGER,
+    DEFAULT_MAX_PENDING,
     DEFAULT_TIMEOUT,
     MAX_DATA,
     MAX_DEPTH,
@@ -43,11 +56,15 @@ from conduit.protocol import (
     RETRYABLE_ERRNOS,
 )
 
+if TYPE_CHECKING:
+    from conduit.sender import Sender, SenderStats, Sent
+
 DEFAULT_IN_FLIGHT = 8
 REQUEST_TIMEOUT = 10.0  # an unanswered request is sent again after this long
 MAX_BACKOFF = 1.0
 
 HOW_TO_START = "submit one first: flux submit -N1 -n1 flux python -m conduit datastore"
+JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps makes one a call
 
 _instances = itertools.count(1)
 
@@ -98,19 +115,20 @@ def encode(data: Any, what: str = "the packet") -> str:
             module's default limits (size, nesting); the message names
             the packet as `what`.
     """
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise ConduitError(f"{what} is not a JSON object (a dict) but {type(data).__name__}")
     try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        text = JSON.encode(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ConduitError(f"{what} cannot be sent as JSON: {exc}", errno.EPROTO) from None
-    if len(text.encode()) > MAX_DATA:
+    if len(text) > MAX_DATA:  # ASCII (JSON's \u escapes), so characters are bytes
         raise ConduitError(
-            f"{what} is {len(text.encode())} bytes as JSON, over the limit of {MAX_DATA}",
+            f"{what} is {len(text)} bytes as JSON, over the limit of {MAX_DATA}",
             errno.EMSGSIZE,
         )
-    depth = nesting(data)
-    if depth > MAX_DEPTH:
+    # each level takes a bracket, so few brackets (the common case) need no walk
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_DEPTH and (depth := nesting(data)) > MAX_DEPTH:
         raise ConduitError(
             f"{what} is nested {depth} levels deep, over the limit of {MAX_DEPTH}", errno.EPROTO
         )
@@ -134,6 +152,43 @@ def nesting(value: Any) -> int:
     return deepest
 
 
+def locate(directory: kvsdir.ConduitDir, deadline: float) -> Location:
+    """The datastore's location; waits for one to be published, until the deadline.
+
+    Raises:
+        ConduitError: none was published by the deadline.
+    """
+    value = directory.location()
+    if value is None:
+        watch = directory.watch_location()
+        try:
+            value = watch.wait_for(max(deadline - time.monotonic(), 0.001)).get()
+        except TimeoutError:
+            value = None
+        finally:
+            watch.cancel()
+    if not isinstance(value, dict):
+        raise ConduitError(
+            f"no datastore has published its location (KVS key {kvsdir.LOCATION}); " + HOW_TO_START
+        )
+    return Location(int(value["rank"]), int(value["jobid"]), str(value["host"]))
+
+
+def failure(exc: OSError, location: Location) -> tuple[int, str, str]:
+    """A failed put request's errno (ETIMEDOUT: no answer), Flux's reason, and, for a
+    retryable one, the problem to report if its timeout passes."""
+    code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno or errno.EIO
+    reason = exc.strerror or os.strerror(code)
+    if code == errno.ENOSYS:
+        return code, reason, f"{location} has no conduit (it ended?); {HOW_TO_START}"
+    return code, reason, f"{location}: {reason}"
+
+
+def request_payload(chunk: list[dict[str, Any]]) -> dict[str, Any]:
+    """The conduit.put payload of one request: a packet, or a batch of them."""
+    return chunk[0] if len(chunk) == 1 else {"packets": chunk}
+
+
 class Conduit:
     """A producer of packets for the conduit's datastore.
 
@@ -142,6 +197,14 @@ class Conduit:
         producer: the name that makes retried puts recognisable (default:
             default_producer()).  Two clients must not share one.
         timeout: the default for how long a put may take, retries included.
+        batch: for send(): at most this many packets per request.
+        linger: for send(): at most this many seconds a packet waits for
+            its batch to fill before it leaves.
+        max_pending: for send(): at most this many packets sent and not
+            yet stored or failed; past it a send waits (up to its timeout).
+
+    Raises:
+        ConduitError: a setting is out of range, or there is no Flux to connect to.
     """
 
     def __init__(
@@ -149,13 +212,21 @@ class Conduit:
         h: flux.Flux | None = None,
         producer: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        *,
+        batch: int = DEFAULT_BATCH,
+        linger: float = DEFAULT_LINGER,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
+        from conduit.sender import Sender  # sender.py builds on this module
+
+        self._sender: Sender = Sender(self, batch, linger, max_pending)
         self.h = h or connect()
         self.producer = producer or default_producer()
         self.timeout = timeout
         self.location: Location | None = None
         self._dir = kvsdir.ConduitDir(self.h)
         self._seq = itertools.count(1)
+        self._sender.start()
 
     def put(self, data: Mapping[str, Any], timeout: float | None = None) -> Receipt:
         """Put one JSON object and wait until the datastore has stored it.
@@ -192,6 +263,62 @@ class Conduit:
         payloads = [{"data": t, "producer": self.producer, "seq": next(self._seq)} for t in texts]
         responses = self._send(payloads, batch, in_flight, timeout)
         return [Receipt(r["id"], r["duplicate"]) for r in responses]
+
+    def send(self, data: Mapping[str, Any], timeout: float | None = None) -> Sent:
+        """Send one JSON object without waiting for it to be stored.
+
+        It is batched with the packets sent after it and leaves within
+        `linger` seconds.  Returns its future (conduit.sender.Sent):
+        result() is its Receipt, or raises the ConduitError that kept it
+        from being stored within `timeout` seconds of this call.
+
+        Raises:
+            ConduitError: the object is not sendable; `max_pending` packets
+                stayed pending for the whole timeout (ETIMEDOUT; this one
+                was not sent); or the client is closed.
+        """
+        return self._sender.send(encode(data), self.timeout if timeout is None else timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every packet sent so far is stored or has failed.
+
+        Args:
+            timeout: give up waiting after this many seconds (default: wait
+                until each packet's own timeout has passed).
+
+        Raises:
+            ConduitError: how many packets sent since the last flush failed,
+                and why; or some were still pending after `timeout`.
+        """
+        self._sender.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop sending; send() raises after this.
+
+        Raises:
+            ConduitError: as flush() does.
+        """
+        self._sender.close(timeout)
+
+    @property
+    def send_stats(self) -> SenderStats:
+        """Counters of send(): sent, pending, peak pending, stored, duplicates, failed."""
+        return self._sender.stats()
+
+    def __enter__(self) -> Conduit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the body's exception says more; close without hiding it
+            with contextlib.suppress(ConduitError):
+                self.close()
 
     def _send(
         self,
@@ -230,8 +357,7 @@ class Conduit:
                 wait = min(max(deadline - time.monotonic(), 0.001), REQUEST_TIMEOUT)
                 answer = future.wait_for(wait).get()
             except OSError as exc:  # TimeoutError too: nothing answered in time
-                code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno
-                reason = exc.strerror or os.strerror(code or 0)
+                code, reason, problem = failure(exc, location)
                 if code not in RETRYABLE_ERRNOS:
                     stored = sum(len(r) for r in responses)
                     raise ConduitError(
@@ -239,9 +365,6 @@ class Conduit:
                         + (f" ({stored} packets were stored before)" if stored else ""),
                         code,
                     ) from None
-                problem = f"{location}: {reason}"
-                if code == errno.ENOSYS:
-                    problem = f"{location} has no conduit (it ended?); {HOW_TO_START}"
                 todo.appendleft(k)  # sent again, same seqs: stored once whatever happened
                 location = None
                 if time.monotonic() >= deadline:
@@ -259,26 +382,11 @@ class Conduit:
 
     def _locate(self, deadline: float) -> Location:
         """The datastore's location; waits for one to be published, until the deadline."""
-        value = self._dir.location()
-        if value is None:
-            watch = self._dir.watch_location()
-            try:
-                value = watch.wait_for(max(deadline - time.monotonic(), 0.001)).get()
-            except TimeoutError:
-                value = None
-            finally:
-                watch.cancel()
-        if not isinstance(value, dict):
-            raise ConduitError(
-                f"no datastore has published its location (KVS key {kvsdir.LOCATION}); "
-                + HOW_TO_START
-            )
-        self.location = Location(int(value["rank"]), int(value["jobid"]), str(value["host"]))
+        self.location = locate(self._dir, deadline)
         return self.location
 
     def _rpc(self, chunk: list[dict[str, Any]], rank: int) -> Any:
-        payload = chunk[0] if len(chunk) == 1 else {"packets": chunk}
-        return self.h.rpc(PUT, payload, nodeid=rank)
+        return self.h.rpc(PUT, request_payload(chunk), nodeid=rank)
 
     @staticmethod
     def _which(chunks: list[list[dict[str, Any]]], k: int) -> str:

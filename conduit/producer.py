@@ -4,7 +4,8 @@ Sends `count` packets of `size` bytes to a topic (conduit.put, or an echo
 such as broker.ping for the raw baseline), `batch` packets per request
 (conduit.put only) and `in_flight` requests at once, and prints one JSON
 line: what was acknowledged, when, and each packet's latency from send
-to acknowledgement.
+to acknowledgement.  With --loop, it is a user's loop instead: one
+Conduit.send per packet (`batch` per request), then flush.
 
 With --retry-for, a request that fails with an error a datastore restart
 clears is sent again (same producer and seqs) to wherever the datastore
@@ -14,7 +15,10 @@ now is, until that many seconds have passed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,15 +26,20 @@ from typing import Any
 import flux
 
 from conduit import kvsdir
-from conduit.client import job_name
+from conduit.client import Conduit, job_name
 from conduit.errors import ConduitError, connect
 from conduit.protocol import PUT, RETRYABLE_ERRNOS
 
 
-def packet_data(producer: str, seq: int, size: int) -> str:
-    """A JSON object string of `size` bytes (at least its key's length)."""
+def packet_object(producer: str, seq: int, size: int) -> dict[str, str]:
+    """A JSON object of `size` bytes as JSON text (at least its key's length)."""
     head = json.dumps({f"{producer}-{seq}": ""})
-    return json.dumps({f"{producer}-{seq}": "x" * max(size - len(head), 0)})
+    return {f"{producer}-{seq}": "x" * max(size - len(head), 0)}
+
+
+def packet_data(producer: str, seq: int, size: int) -> str:
+    """packet_object as JSON text."""
+    return json.dumps(packet_object(producer, seq, size))
 
 
 @dataclass
@@ -44,15 +53,23 @@ class Load:
     batch: int  # packets per request (conduit.put)
     in_flight: int  # requests outstanding at once
     retry_for: float  # seconds to resend retryable failures (0: never)
+    loop: bool = False  # Conduit.send per packet, then flush
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Load:
         if args.topic != PUT and args.rank is None:
             raise ConduitError(f"--topic {args.topic} needs --rank")
-        if args.topic != PUT and args.batch != 1:
-            raise ConduitError("--batch is for --topic conduit.put only")
+        if args.topic != PUT and (args.batch != 1 or args.loop):
+            raise ConduitError("--batch and --loop are for --topic conduit.put only")
         return cls(
-            args.topic, args.rank, args.count, args.size, args.batch, args.in_flight, args.retry_for
+            args.topic,
+            args.rank,
+            args.count,
+            args.size,
+            args.batch,
+            args.in_flight,
+            args.retry_for,
+            args.loop,
         )
 
 
@@ -177,11 +194,40 @@ class Producer:
         }
 
 
+def send_loop(h: flux.Flux, load: Load) -> dict[str, Any]:
+    """The loop a user writes: Conduit.send for each packet, flush at the end; the report."""
+    name = job_name()
+    conduit = Conduit(h, producer=name, timeout=max(load.retry_for, 30.0), batch=load.batch)
+    start = time.time()
+    futures = [conduit.send(packet_object(name, i, load.size)) for i in range(1, load.count + 1)]
+    with contextlib.suppress(ConduitError):  # each failure is counted below
+        conduit.flush()
+    end = time.time()
+    conduit.close()
+    errors: dict[str, int] = {}
+    stored = []
+    for future in futures:
+        exc = future.exception()
+        if exc is None:
+            stored.append(future)
+        else:
+            key = os.strerror(exc.errno or errno.EIO)
+            errors[key] = errors.get(key, 0) + 1
+    return {
+        "producer": name, "topic": PUT, "rank": h.get_rank(), "count": load.count,
+        "batch": load.batch, "acked": len(stored),
+        "duplicates": sum(f.result().duplicate for f in stored),
+        "retries": conduit.send_stats.retries, "unacked": 0, "errors": errors,
+        "start": start, "end": end,
+        "latency_us": [round((f.settled_at - f.sent_at) * 1e6) for f in stored],
+    }  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> int:
     load = Load.from_args(args)
     h = connect()
     if args.start_at:
         time.sleep(max(args.start_at - time.time(), 0))
-    report = Producer(h, load).run()
+    report = send_loop(h, load) if load.loop else Producer(h, load).run()
     print(json.dumps(report), flush=True)
     return 0 if report["acked"] == load.count else 1

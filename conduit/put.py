@@ -1,7 +1,9 @@
 """`python3 -m conduit put`: JSON objects from the command line or JSON Lines, into the store.
 
 Every object is read and checked before anything is sent, so a bad line
-sends nothing.  The exit status is 0 only when every packet is stored.
+sends nothing.  Then each goes with Conduit.send (batched, and pipelined
+deeper than put_many: faster for long inputs).  The exit status is 0
+only when every packet is stored.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from conduit.client import Conduit, encode
 from conduit.errors import ConduitError
 
 
-def read_objects(texts: Iterable[str], source: str) -> list[dict[str, Any]]:
-    """Parse and check each non-blank text as one JSON object; `source` names them in errors."""
+def read_objects(texts: Iterable[str], source: str, first: int = 1) -> list[dict[str, Any]]:
+    """Parse and check each non-blank text as one JSON object.
+
+    `source` and the text's number, counted from `first`, name it in errors.
+    """
     objects = []
-    for number, text in enumerate(texts, start=1):
+    for number, text in enumerate(texts, start=first):
         if not text.strip():
             continue
         where = f"{source} {number}"
@@ -41,8 +46,14 @@ def read_objects(texts: Iterable[str], source: str) -> list[dict[str, Any]]:
 def inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.objects and args.file:
         raise ConduitError("give JSON objects as arguments or --file, not both")
-    if args.objects:
-        return read_objects(args.objects, "argument")
+    if args.objects:  # `-` among them: standard input's lines, there
+        objects = []
+        for number, text in enumerate(args.objects, start=1):
+            if text == "-":
+                objects += read_objects(sys.stdin, "stdin line")
+            else:
+                objects += read_objects([text], "argument", first=number)
+        return objects
     if args.file == "-":
         return read_objects(sys.stdin, "stdin line")
     if args.file:
@@ -64,9 +75,12 @@ def main(args: argparse.Namespace) -> int:
     objects = inputs(args)
     if not objects:
         raise ConduitError("no JSON object in the input; nothing was sent")
-    conduit = Conduit(producer=args.producer, timeout=args.timeout)
+    conduit = Conduit(producer=args.producer, timeout=args.timeout, batch=args.batch)
     start = time.monotonic()
-    receipts = conduit.put_many(objects, batch=args.batch)
+    deadline = start + args.timeout  # for every packet, however long the sends wait
+    sent = [conduit.send(obj, max(deadline - time.monotonic(), 0)) for obj in objects]
+    conduit.close()  # raises how many failed, and why
+    receipts = [s.result() for s in sent]
     duplicates = sum(r.duplicate for r in receipts)
     print(
         f"conduit put: {plural(len(receipts), 'packet')} stored "

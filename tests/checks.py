@@ -78,3 +78,27 @@ def run_scenario(
     if datastore_host:
         assert info["nodelist"] == datastore_host
     return Scenario(ds, computes, result)
+
+
+def datastore(inst: Instance, *args: str, rank: int = 1, fresh: bool = True) -> str:
+    """Submit `conduit datastore ARGS...` on `rank` (fresh unless asked); wait until it serves."""
+    ds = inst.submit("datastore", *(["--fresh"] if fresh else []), *args, rank=rank)
+    inst.wait_datastore(ds)
+    return ds
+
+
+def stop(inst: Instance, ds: str) -> output.DatastoreOutput:
+    """Cancel datastore `ds`; its attach output."""
+    inst.flux("cancel", ds)
+    return output.parse(inst.wait_output(ds).stdout)
+
+
+def while_stopped(inst: Instance, code: str) -> Any:
+    """Run `code` while a datastore on rank 2 is stopped (SIGSTOP); the JSON it printed."""
+    ds = datastore(inst, "--packets", "0", rank=2)
+    inst.flux("job", "kill", "--signal=SIGSTOP", ds)
+    try:
+        return json.loads(inst.python(code, timeout=60).stdout)
+    finally:
+        inst.flux("job", "kill", "--signal=SIGCONT", ds)
+        stop(inst, ds)

@@ -10,7 +10,7 @@ from typing import Any
 
 from conduit.testbed.errors import TestbedError
 
-COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1"}
+COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1", "loop": "C3"}
 
 
 def require_matplotlib() -> None:

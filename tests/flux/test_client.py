@@ -14,7 +14,7 @@ import pytest
 from conduit import output
 from conduit.testbed.native import NativeInstance
 from conduit.testbed.waiting import wait_until
-from tests.checks import REPO
+from tests.checks import REPO, datastore, stop, while_stopped
 
 pytestmark = pytest.mark.flux
 
@@ -33,17 +33,6 @@ print(json.dumps({
     "receipts": [[r.id, r.duplicate] for r in [one, *singles, *batched]],
 }))
 """
-
-
-def datastore(inst: NativeInstance, *args: str, rank: int = 1, fresh: bool = True) -> str:
-    ds = inst.submit("datastore", *(["--fresh"] if fresh else []), *args, rank=rank)
-    inst.wait_datastore(ds)
-    return ds
-
-
-def stop(inst: NativeInstance, ds: str) -> output.DatastoreOutput:
-    inst.flux("cancel", ds)
-    return output.parse(inst.wait_output(ds).stdout)
 
 
 def test_put_one_then_many_pipelined_and_batched(flux_instance: NativeInstance) -> None:
@@ -121,6 +110,22 @@ def test_put_command_arguments_file_and_stdin(
         ), summary
 
 
+def test_put_dash_argument_reads_standard_input(flux_instance: NativeInstance) -> None:
+    """`-` as an argument is standard input as JSON Lines, in its place (issue 14)."""
+    ds = datastore(flux_instance, "--packets", "0")
+    only = flux_instance.conduit("put", "-", input='{"a": 1}\n\n{"b": 2}\n')
+    mixed = flux_instance.conduit("put", '{"c": 3}', "-", '{"e": 5}', input='{"d": 4}\n')
+    bad = flux_instance.conduit("put", "-", input='{"ok": 1}\n{"broken": \n', check=False)
+    store = flux_instance.durable_store()
+    stop(flux_instance, ds)
+    assert list(store["store"].items()) == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+    assert store["packets"] == 5
+    assert [only.returncode, mixed.returncode, bad.returncode] == [0, 0, 1]
+    assert "2 packets stored" in only.stderr and "3 packets stored" in mixed.stderr
+    [line] = bad.stderr.splitlines()
+    assert line.startswith("conduit put: stdin line 2 is not JSON"), line
+
+
 @pytest.mark.parametrize(
     "argv, stdin, message",
     [
@@ -151,7 +156,8 @@ def test_put_command_without_a_datastore_ends_in_time(flux_instance: NativeInsta
     assert done.returncode == 1
     assert time.monotonic() - start < 30  # bounded: the timeout, not the test's limit
     [line] = done.stderr.splitlines()
-    assert line.startswith("conduit put: no datastore acknowledged within 2s: no datastore")
+    assert line.startswith("conduit put: 1 of 1 packets sent since the last flush failed: ")
+    assert "no datastore acknowledged packet seq 1 within 2s: no datastore" in line
 
 
 def saved(path: Path) -> Any:
@@ -222,7 +228,7 @@ def test_readme_example_job_runs_as_written(flux_instance: NativeInstance, tmp_p
     store = flux_instance.durable_store()
     stop(flux_instance, ds)
     assert done.returncode == 0, done.stderr
-    assert store["packets"] == 2 * 10 + 2 * 100  # two tasks: 10 steps, then 100 samples each
+    assert store["packets"] == 2 * 100 + 2 * 1  # two tasks: 100 steps, then a summary each
 
 
 # Puts with a 3 s timeout; prints how long it took and what it raised.
@@ -242,13 +248,7 @@ print(json.dumps({"seconds": time.monotonic() - start, "outcome": outcome}))
 
 def test_a_put_never_waits_past_its_timeout(flux_instance: NativeInstance) -> None:
     """A datastore that stops answering (SIGSTOP) holds the puts; the client gives up in time."""
-    ds = datastore(flux_instance, "--packets", "0", rank=2)
-    flux_instance.flux("job", "kill", "--signal=SIGSTOP", ds)
-    try:
-        report = json.loads(flux_instance.python(BOUNDED_PUT, timeout=60).stdout)
-    finally:
-        flux_instance.flux("job", "kill", "--signal=SIGCONT", ds)
-    stop(flux_instance, ds)
+    report = while_stopped(flux_instance, BOUNDED_PUT)
     code, message = report["outcome"]
     assert code == errno.ETIMEDOUT
     assert message.startswith("no datastore acknowledged 2 of 2 packets within 3s: ")
