@@ -205,6 +205,9 @@ class Conduit:
 
     Raises:
         ConduitError: a setting is out of range, or there is no Flux to connect to.
+
+    It starts the thread that send() uses (conduit.sender), with a Flux
+    handle of its own on the same broker.
     """
 
     def __init__(
@@ -226,7 +229,7 @@ class Conduit:
         self.location: Location | None = None
         self._dir = kvsdir.ConduitDir(self.h)
         self._seq = itertools.count(1)
-        self._sender.start()
+        self._sender.start(None if h is None else self.h.attr_get("local-uri"))
 
     def put(self, data: Mapping[str, Any], timeout: float | None = None) -> Receipt:
         """Put one JSON object and wait until the datastore has stored it.

@@ -236,7 +236,7 @@ class Sender:
         """
         now = time.monotonic()
         if self._crash is not None:
-            raise ConduitError(f"the conduit's sender thread stopped: {self._crash}")
+            raise ConduitError(f"the conduit's sender thread is not running: {self._crash}")
         with self._cond:
             while self._stats.pending >= self.max_pending and not self._closing:
                 left = now + timeout - time.monotonic()
@@ -326,16 +326,15 @@ class Sender:
         with self._cond:
             return SenderStats(**vars(self._stats))
 
-    def start(self) -> None:
-        """Start the thread, once; wait until it is connected.
+    def start(self, uri: str | None) -> None:
+        """Start the thread, once, and wait until it is connected to Flux.
 
-        Raises:
-            ConduitError: the thread could not connect to Flux.
+        `uri` is where (None: where flux.Flux() connects).  A thread that
+        cannot connect makes send() raise why; put() does not need it.
         """
         with self._start_lock:
-            if self._thread is not None:
+            if self._thread is not None or self._crash is not None:
                 return
-            uri = self.conduit.h.attr_get("local-uri")
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -344,8 +343,14 @@ class Sender:
                 target=self._run, args=(uri, ready), name="conduit-sender", daemon=True
             )
             thread.start()
-            if not ready.wait(START_TIMEOUT) or self._crash is not None:
-                raise ConduitError(f"the conduit's sender could not connect to Flux: {self._crash}")
+            if not ready.wait(START_TIMEOUT):
+                self._crash = TimeoutError(f"not connected to Flux within {START_TIMEOUT:g}s")
+                return
+            if self._crash is not None:  # it could not connect, and has ended
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
+                return
             self._thread = thread
             _LIVE.add(self)
 
@@ -356,9 +361,9 @@ class Sender:
             os.write(self._wake_w, b"w")
 
     # The thread's side.
-    def _run(self, uri: str, ready: threading.Event) -> None:
+    def _run(self, uri: str | None, ready: threading.Event) -> None:
         try:
-            self._h = flux.Flux(uri)
+            self._h = flux.Flux(uri) if uri else flux.Flux()
             self._dir = kvsdir.ConduitDir(self._h)
             wake = self._h.fd_watcher_create(self._wake_r, self._event(self._on_wake))
             wake.start()
