@@ -4,8 +4,10 @@ The public API, for a job's own Python (the standard library and flux):
 
     from conduit import Conduit, ConduitError
 
-    with Conduit() as conduit:
-        conduit.put({"step": 1, "energy": 1.5})
+    with Conduit() as conduit:                 # leaving the block flushes
+        for step in range(100):
+            conduit.send({"step": step})       # a future, at once
+        conduit.put({"done": True})            # returns once stored
 
 The package is what runs inside Flux jobs; the host side (the compose
 testbed, the pytest plugin, the plot) is the subpackage conduit.testbed,
@@ -25,13 +27,15 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Conduit": "conduit.client",
     "Receipt": "conduit.client",
+    "Sent": "conduit.sender",
     "ConduitError": "conduit.errors",
 }
-__all__ = ["Conduit", "ConduitError", "Receipt"]  # the keys of _PUBLIC
+__all__ = ["Conduit", "ConduitError", "Receipt", "Sent"]  # the keys of _PUBLIC
 
 if TYPE_CHECKING:
     from conduit.client import Conduit, Receipt
     from conduit.errors import ConduitError
+    from conduit.sender import Sent
 
 
 def __getattr__(name: str) -> Any:

@@ -56,3 +56,16 @@ def test_out_of_range_numbers_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit:
         parser().parse_args(argv)
     assert exit.value.code == 2
+
+
+def test_the_public_api_is_at_the_top_and_importing_it_needs_no_flux() -> None:
+    """`import conduit` works where flux does not (the host side imports it); the names load
+    their modules when first used, and `__all__` lists exactly them."""
+    import conduit
+
+    assert sorted(conduit.__all__) == sorted(conduit._PUBLIC)
+    code = "import conduit, sys; print('flux' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
+    with pytest.raises(AttributeError):
+        conduit.NoSuchName  # noqa: B018
