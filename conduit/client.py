@@ -5,6 +5,7 @@
     conduit = Conduit()                      # finds the datastore, wherever it runs
     conduit.put({"step": 1, "energy": 1.5})  # returns once the packet is stored
     conduit.put_many(results)                # batched and pipelined
+    metrics = Conduit(stream="metrics")      # another stream, served by its own datastore
 
 Every packet carries this client's producer name and a sequence number,
 so a put retried after a timeout or a datastore restart is stored once.
@@ -35,12 +36,13 @@ from conduit import kvsdir
 from conduit.errors import ConduitError, connect
 from conduit.protocol import (
     DEFAULT_BATCH,
+    DEFAULT_STREAM,
     DEFAULT_TIMEOUT,
     MAX_DATA,
     MAX_DEPTH,
     MAX_PACKETS_PER_PUT,
-    PUT,
     RETRYABLE_ERRNOS,
+    topic,
 )
 
 DEFAULT_IN_FLIGHT = 8
@@ -142,6 +144,8 @@ class Conduit:
         producer: the name that makes retried puts recognisable (default:
             default_producer()).  Two clients must not share one.
         timeout: the default for how long a put may take, retries included.
+        stream: the stream to put to (default: the default stream); a
+            packet put to one stream never lands in another.
     """
 
     def __init__(
@@ -149,12 +153,14 @@ class Conduit:
         h: flux.Flux | None = None,
         producer: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        stream: str = DEFAULT_STREAM,
     ) -> None:
         self.h = h or connect()
         self.producer = producer or default_producer()
         self.timeout = timeout
         self.location: Location | None = None
-        self._dir = kvsdir.ConduitDir(self.h)
+        self._dir = kvsdir.ConduitDir(self.h, stream)
+        self._put = topic(stream, "put")
         self._seq = itertools.count(1)
 
     def put(self, data: Mapping[str, Any], timeout: float | None = None) -> Receipt:
@@ -270,7 +276,7 @@ class Conduit:
                 watch.cancel()
         if not isinstance(value, dict):
             raise ConduitError(
-                f"no datastore has published its location (KVS key {kvsdir.LOCATION}); "
+                f"no datastore has published its location (KVS key {self._dir.location_key}); "
                 + HOW_TO_START
             )
         self.location = Location(int(value["rank"]), int(value["jobid"]), str(value["host"]))
@@ -278,7 +284,7 @@ class Conduit:
 
     def _rpc(self, chunk: list[dict[str, Any]], rank: int) -> Any:
         payload = chunk[0] if len(chunk) == 1 else {"packets": chunk}
-        return self.h.rpc(PUT, payload, nodeid=rank)
+        return self.h.rpc(self._put, payload, nodeid=rank)
 
     @staticmethod
     def _which(chunks: list[list[dict[str, Any]]], k: int) -> str:

@@ -24,7 +24,7 @@ import flux
 from conduit import kvsdir
 from conduit.client import job_name
 from conduit.errors import ConduitError, connect
-from conduit.protocol import PUT, RETRYABLE_ERRNOS
+from conduit.protocol import PUT, RETRYABLE_ERRNOS, topic
 
 
 def packet_data(producer: str, seq: int, size: int) -> str:
@@ -37,7 +37,8 @@ def packet_data(producer: str, seq: int, size: int) -> str:
 class Load:
     """What a producer sends, and how."""
 
-    topic: str
+    topic: str  # the stream's put topic, or an echo
+    stream: str
     rank: int | None  # destination for topics other than conduit.put
     count: int
     size: int
@@ -51,8 +52,16 @@ class Load:
             raise ConduitError(f"--topic {args.topic} needs --rank")
         if args.topic != PUT and args.batch != 1:
             raise ConduitError("--batch is for --topic conduit.put only")
+        put = topic(args.stream, "put") if args.topic == PUT else args.topic
         return cls(
-            args.topic, args.rank, args.count, args.size, args.batch, args.in_flight, args.retry_for
+            put,
+            args.stream,
+            args.rank,
+            args.count,
+            args.size,
+            args.batch,
+            args.in_flight,
+            args.retry_for,
         )
 
 
@@ -61,7 +70,8 @@ class Producer:
         self.h = h
         self.load = load
         self.name = job_name()
-        self.kvs = kvsdir.ConduitDir(h)
+        self.kvs = kvsdir.ConduitDir(h, load.stream)
+        self.put = topic(load.stream, "put")
         self.next_seq = 1
         self.acked = 0
         self.duplicates = 0
@@ -76,7 +86,7 @@ class Producer:
 
     def destination(self) -> int:
         """conduit.put goes where the KVS says the datastore is; others to the rank given."""
-        if self.load.topic != PUT:
+        if self.load.topic != self.put:
             assert self.load.rank is not None
             return self.load.rank
         location = self.kvs.location()

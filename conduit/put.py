@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     objects = inputs(args)
     if not objects:
         raise ConduitError("no JSON object in the input; nothing was sent")
-    conduit = Conduit(producer=args.producer, timeout=args.timeout)
+    conduit = Conduit(producer=args.producer, timeout=args.timeout, stream=args.stream)
     start = time.monotonic()
     receipts = conduit.put_many(objects, batch=args.batch)
     duplicates = sum(r.duplicate for r in receipts)

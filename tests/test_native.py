@@ -136,7 +136,7 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: FluxInstance)
     flux_instance.flux("cancel", first)
     cancelled = flux_instance.wait_output(first)
     assert cancelled.returncode != 0
-    assert "packets stay in KVS conduit.store" in cancelled.stdout
+    assert "packets stay in KVS conduit.log" in cancelled.stdout
     assert not flux_instance.module_loaded(2)
 
     second = flux_instance.submit("datastore", "--packets", "5", rank=2)
