@@ -320,6 +320,38 @@ def parser() -> argparse.ArgumentParser:
     st.set_defaults(run=runs("datastore", "show_store"))
     add_stream(st, "prints")
 
+    fo = sub.add_parser(
+        "follow",
+        help="print each stored packet of a stream once, in order, as JSON lines, as it grows",
+    )
+    fo.set_defaults(run=runs("follow"))
+    fo.add_argument("stream", metavar="STREAM", help=f"the stream ({DEFAULT_STREAM}: the default)")
+    fo.add_argument(
+        "--after",
+        type=whole_number(0),
+        default=0,
+        metavar="ID",
+        help="start with the first packet whose id is greater (the last id a consumer handled)",
+    )
+    fo.add_argument(
+        "--wait",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a stream that does not exist yet (default 60)",
+    )
+    fo.add_argument(
+        "--follow-on",
+        action="store_true",
+        help="do not end when the stream's datastore finishes: follow its next run too",
+    )
+    fo.add_argument("--count", type=whole_number(1), metavar="N", help="end after N packets")
+    fo.add_argument(
+        "--stats",
+        action="store_true",
+        help="at the end, print the consumer's counters as one JSON line on stderr",
+    )
+
     ss = sub.add_parser(
         "status", help="each stream: where its datastore runs, what it stored, held, refused"
     )
