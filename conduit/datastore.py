@@ -217,6 +217,7 @@ class Datastore:
             return
         commit, self.next_commit = self.next_commit, Commit()
         if not commit.lines:  # only refused batches: nothing to store
+            self.acknowledge(commit)
             self.stored(commit)
             return
         self.in_flight = commit
@@ -241,22 +242,36 @@ class Datastore:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
         self.in_flight = None
+        # Acknowledge, and start the next commit, before applying this one:
+        # the KVS and the producers then work while the store grows
+        # (docs/performance.md).  Not past the target, though.
+        target = self.settings.packets
+        last = 0 < target <= self.store.count + len(commit.fresh)
+        self.acknowledge(commit)
+        if not last:
+            self.start_commit()
         self.stored(commit)
         if self.done:
             self.h.reactor_stop()
-        else:
+        elif last:
             self.start_commit()
 
-    # Packets stored: show and acknowledge them.
-    def stored(self, commit: Commit) -> None:
-        for packet in commit.fresh:
-            self.store.apply(packet)
-            more = not self.reached_target()
-            self.printer.stored(self.store.render, json.dumps(packet["data"]), more)
+    def acknowledge(self, commit: Commit) -> None:
         ack: dict[str, Any] = {"upto": commit.upto, "duplicates": commit.duplicates}
         if commit.refused:
             ack["refused"] = commit.refused
         self.h.rpc(topic(self.stream, "ack"), ack, flags=flux.constants.FLUX_RPC_NORESPONSE)
+
+    # Packets stored: show them.
+    def stored(self, commit: Commit) -> None:
+        if self.printer.mode == "none":
+            for packet in commit.fresh:
+                self.store.apply(packet)
+        else:
+            for packet in commit.fresh:
+                self.store.apply(packet)
+                more = not self.reached_target()
+                self.printer.stored(self.store.render, json.dumps(packet["data"]), more)
         if self.reached_target():
             self.done = True
 

@@ -92,6 +92,12 @@ struct outbox {
 
 static const char batch_tail[] = "]}";
 
+/* The answer to a put, {"id":N,"duplicate":B}, and to a batch put,
+ * {"packets":[{"id":N,"duplicate":B},...]}.
+ */
+static const char answer_head[] = "{\"packets\":[";
+static const char answer_item[] = "%s{\"id\":%" JSON_INTEGER_FORMAT ",\"duplicate\":%s}";
+
 /* A valid packet: its data text and, if numbered, its producer and seq.
  * The pointers are borrowed from the put request.
  */
@@ -1012,50 +1018,49 @@ static const char *ack_refusal (json_t *refused, const struct held_put *p)
 }
 
 /* Answer an acknowledged put with each packet's id and duplicate flag.
+ * The answer is written as text, as the batches are: a batch put of
+ * thousands of packets would otherwise cost a jansson object for each.
  */
 static void respond_stored (struct conduit *ctx,
                             const struct held_put *p,
                             json_t *dups,
                             size_t *d)
 {
-    json_t *results = NULL;
-    json_t *result;
+    // {"id":<20 digits>,"duplicate":false}, and a comma
+    size_t size = p->count * (sizeof (answer_item) + 20) + sizeof (answer_head) + 3;
+    char *text;
+    size_t len = 0;
     bool dup = false;
 
-    if (p->batch && !(results = json_array ()))
-        goto nomem;
+    if (!(text = malloc (size))) {
+        respond_error (ctx,
+                       p->msg,
+                       ENOMEM,
+                       "conduit: out of memory answering this put; its packets "
+                       "are stored",
+                       "conduit.put");
+        return;
+    }
+    if (p->batch)
+        len += snprintf (text, size, "%s", answer_head);
     for (size_t i = 0; i < p->count; i++) {
         json_int_t id = p->first + (json_int_t)i;
         if ((dup = ack_is_duplicate (dups, d, id)))
             ctx->duplicates++;
         else
             ctx->stored++;
-        if (!results)
-            continue;
-        if (!(result = json_pack ("{s:I s:b}", "id", id, "duplicate", dup))
-            || json_array_append_new (results, result) < 0)
-            goto nomem;
+        len += snprintf (text + len,
+                         size - len,
+                         answer_item,
+                         i > 0 ? "," : "",
+                         id,
+                         dup ? "true" : "false");
     }
-    if (results) {
-        if (flux_respond_pack (ctx->h, p->msg, "{s:o}", "packets", results) < 0)
-            flux_log_error (ctx->h, "error responding to conduit.put");
-        return;
-    }
-    if (flux_respond_pack (ctx->h,
-                           p->msg,
-                           "{s:I s:b}",
-                           "id", p->first,
-                           "duplicate", dup) < 0)
+    if (p->batch)
+        len += snprintf (text + len, size - len, "]}");
+    if (flux_respond (ctx->h, p->msg, text) < 0)
         flux_log_error (ctx->h, "error responding to conduit.put");
-    return;
-nomem:
-    json_decref (results);
-    respond_error (ctx,
-                   p->msg,
-                   ENOMEM,
-                   "conduit: out of memory answering this put; its packets "
-                   "are stored",
-                   "conduit.put");
+    free (text);
 }
 
 /* conduit.ack: the datastore is done with every packet up to "upto", the
@@ -1098,6 +1103,13 @@ static void ack_cb (flux_t *h,
     }
     if (ack_check (ctx, upto, dups, refused, &error) < 0)
         goto error;
+    // the next batch leaves first, so that the datastore has it sooner
+    while (ctx->batches > 0 && ctx->batch_last[0] <= upto) {
+        memmove (ctx->batch_last,
+                 ctx->batch_last + 1,
+                 sizeof (ctx->batch_last[0]) * --ctx->batches);
+    }
+    outbox_flush (ctx);
     while (ctx->head && held_put_last (ctx->head) <= upto) {
         p = held_pop (ctx);
         if ((why = ack_refusal (refused, p))) {
@@ -1113,12 +1125,6 @@ static void ack_cb (flux_t *h,
             respond_stored (ctx, p, dups, &d);
         held_put_destroy (p);
     }
-    while (ctx->batches > 0 && ctx->batch_last[0] <= upto) {
-        memmove (ctx->batch_last,
-                 ctx->batch_last + 1,
-                 sizeof (ctx->batch_last[0]) * --ctx->batches);
-    }
-    outbox_flush (ctx);
     if (flux_respond (h, msg, NULL) < 0)
         flux_log_error (h, "error responding to conduit.ack");
     return;
