@@ -39,6 +39,7 @@ class Commit:
     """Batches stored in one KVS commit, and acknowledged together."""
 
     upto: int = -1  # highest packet id in it
+    logged: int = -1  # highest packet id of its batches in the log (not refused)
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
@@ -85,6 +86,8 @@ class Datastore:
         self.segment = 0  # the log segment this datastore appends to
         self.segment_commits = 0  # commits in it, and their bytes
         self.segment_bytes = 0
+        self.closes: int | None = None  # a resumed log's last segment, ended by our first commit
+        self.log_last_id = -1  # the highest packet id in the log
         self.first_id = 1  # of the packets this datastore stores: ids grow along the log
         self.exit_code = 0
         self.done = False
@@ -155,8 +158,10 @@ class Datastore:
             return
         self.store, segments = self.kvs.load_log()
         self.first_id = self.store.last_id + 1
+        self.log_last_id = self.store.last_id
         if segments:
             self.segment = segments[-1] + 1
+            self.closes = segments[-1]
             output.say(
                 f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
                 f"unfinished datastore (KVS {self.kvs.log_key}); --fresh starts empty"
@@ -179,7 +184,7 @@ class Datastore:
         except (ValueError, RecursionError) as exc:
             self.refuse(commit, text, exc)
         else:
-            commit.upto = packets[-1]["id"]
+            commit.upto = commit.logged = packets[-1]["id"]
             commit.lines.append(log_line(text))
             for packet in packets:
                 if self.store.claim(packet):
@@ -228,12 +233,14 @@ class Datastore:
             self.segment_commits >= kvsdir.SEGMENT_COMMITS
             or self.segment_bytes >= kvsdir.SEGMENT_BYTES
         ):
+            self.closes = self.segment
             self.segment += 1
             self.segment_commits = self.segment_bytes = 0
         self.segment_commits += 1
         self.segment_bytes += len(blob)
         self.commits += 1
-        self.kvs.append_async(self.segment, blob).then(self.on_committed, commit)
+        closes, self.closes = self.closes, None
+        self.kvs.append_async(self.segment, blob, closes).then(self.on_committed, commit)
 
     def on_committed(self, f: Any, commit: Commit) -> None:
         try:
@@ -242,6 +249,7 @@ class Datastore:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
         self.in_flight = None
+        self.log_last_id = max(self.log_last_id, commit.logged)
         # Acknowledge, and start the next commit, before applying this one:
         # the KVS and the producers then work while the store grows
         # (docs/performance.md).  Not past the target, though.
@@ -281,7 +289,7 @@ class Datastore:
     def finish(self) -> None:
         output.say(output.BYE)
         broker_module.remove(self.h, self.service)
-        self.kvs.finish(self.jobid, self.store.count, self.store.last_id)
+        self.kvs.finish(self.jobid, self.store.count, self.log_last_id)
         if self.settings.print_mode == "none":
             summary = {"stored": self.store.count, "keys": len(self.store.data)}
             output.say(output.SUMMARY_PREFIX + json.dumps({**summary, "commits": self.commits}))

@@ -6,18 +6,20 @@
         handle(packet["id"], packet["data"])
 
 It reads the stream's log in the KVS (conduit/kvsdir.py), one segment at
-a time, with KVS watches rather than polling: an append watch on the
-segment being read gives each commit as it lands, and a watch for the
-next segment's creation says that this one is complete (the datastore
-writes one segment after another, and a datastore that restarts starts a
-new one).  Packet ids grow along the log, so `after` (the last id a
-consumer handled) is a resume point; a commit names its repeated packets
-(retried puts) first, so they are skipped without remembering every
-packet.  What it holds at once is bounded by one segment
-(kvsdir.SEGMENT_BYTES plus one commit), however long the stream.
+a time, with a KVS append watch rather than polling: it gives each commit
+as it lands.  A segment that is not the last ends with a line naming the
+next, written in the same commit as the next segment's first batch (also
+by a datastore that resumes a log), so the consumer moves on without
+reading anything twice.  Packet ids grow along the log, so `after` (the
+last id a consumer handled) is a resume point; a commit names its
+repeated packets (retried puts) first, so they are skipped without
+remembering every packet.  What it holds at once is bounded by one
+segment (SEGMENT_BYTES, passed by at most one commit), however long the
+stream.
 
-It ends when the stream's datastore finishes (its finished mark), or,
-with follow_on, goes on with the stream's next run.  It never sends to
+It ends when the stream's datastore has finished (its finished mark
+names the log's last id) and it has read up to that id, or, with
+follow_on, goes on with the stream's next run.  It never sends to
 the datastore or the module, so a slow consumer slows nobody.
 """
 
@@ -79,6 +81,8 @@ class Follower:
         self.ready: deque[Packet] = deque()  # packets of one line, not yet yielded
         self.skip: set[int] = set()  # ids the current commit names as repeats
         self.finished_jobid: int | None = None  # the run whose end was read
+        self.end: dict[str, Any] | None = None  # the finished mark, until read up to it
+        self.log_id = -1  # the highest packet id read from the log, repeats included
         self.seen_stream = False
         self.ended = False
         self.error: ConduitError | None = None
@@ -112,7 +116,9 @@ class Follower:
                 elif self.ended:
                     return
                 else:
-                    self.h.reactor_run(flags=flux.constants.FLUX_REACTOR_ONCE)
+                    self._check_end()
+                    if not self.ended:
+                        self.h.reactor_run(flags=flux.constants.FLUX_REACTOR_ONCE)
         finally:
             timer.stop()
             self._stop_watches()
@@ -136,15 +142,13 @@ class Follower:
 
     # The log, a segment at a time.
     def _read_segment(self, n: int) -> None:
-        """Watch segment n's appends, and whether segment n + 1 exists."""
+        """Watch segment n's appends (the first answer: all of it so far)."""
         self._stop_watches(keep_finished=True)
-        self.segment, self.offset = n, 0
+        self.segment, self.offset, self.partial = n, 0, b""
         self.segments += 1
         chunks = self.kvs.watch_segment(n)
         chunks.then(self._on_chunk, n)
-        after = self.kvs.watch_segment(n + 1, appended=False)
-        after.then(self._on_next_segment, n)
-        self.watches += [chunks, after]
+        self.watches.append(chunks)
 
     def _on_chunk(self, f: Any, n: int) -> None:
         try:
@@ -157,28 +161,6 @@ class Follower:
         self.seen_stream = True
         self.offset += len(data)
         self._feed(data)
-
-    def _on_next_segment(self, f: Any, n: int) -> None:
-        """Segment n + 1 exists, so n is complete: read the rest of n, go on."""
-        try:
-            f.get()
-        except OSError as exc:
-            self._lost(exc)
-            return
-        if n == self.segment:
-            self._finish_segment()
-            self._read_segment(n + 1)
-
-    def _finish_segment(self) -> None:
-        """Read what the append watch has not yet given of the current segment."""
-        whole = self.kvs.segment(self.segment)
-        if whole is None:
-            self._lost(FileNotFoundError())
-            return
-        self.seen_stream = True
-        rest = whole[self.offset :]
-        self.offset = len(whole)
-        self._feed(rest)
 
     # The end of a run.
     def _watch_finished(self) -> None:
@@ -198,17 +180,15 @@ class Follower:
         except OSError as exc:
             self._lost(exc)
             return
-        if not isinstance(mark, dict) or mark.get("jobid") == self.finished_jobid:
+        if isinstance(mark, dict) and mark.get("jobid") != self.finished_jobid:
+            self.seen_stream = True
+            self.end = mark  # ends once the log is read up to its last id
+
+    def _check_end(self) -> None:
+        """Past the finished run's last packet: end, or wait for the next run."""
+        if self.end is None or self.log_id < self.end["last_id"]:
             return
-        self.seen_stream = True
-        # Every commit landed before the mark: read to the end of the log.
-        while self.kvs.segment(self.segment + 1) is not None:
-            self._finish_segment()
-            self.segment += 1
-            self.offset = 0
-            self.segments += 1
-        self._finish_segment()
-        self.finished_jobid = mark.get("jobid")
+        self.finished_jobid, self.end = self.end["jobid"], None
         if self.follow_on:
             self._await_next_run()
         else:
@@ -218,7 +198,7 @@ class Follower:
     def _await_next_run(self) -> None:
         """After a finished run: the next one starts its log again from segment 0."""
         self._stop_watches(keep_finished=True)
-        self.partial = b""
+        self.log_id = -1
         location = self.kvs.watch_location()
         location.then(self._on_next_run)
         self.watches.append(location)
@@ -252,8 +232,12 @@ class Follower:
         if "duplicates" in record:
             self.skip.update(record["duplicates"])
             return
+        if "next" in record:  # the end of this segment
+            self._read_segment(int(record["next"]))
+            return
         for packet in record["packets"]:
             pid = packet["id"]
+            self.log_id = max(self.log_id, pid)
             if pid == TEST_ID:
                 continue
             if pid in self.skip:

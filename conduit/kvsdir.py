@@ -6,7 +6,8 @@ stream has a directory of its own, ROOT: `conduit` for the default
 stream (today's keys), `conduit.streams.<name>` for a named one:
 
     ROOT.datastore          {"rank", "jobid", "host"} of the live datastore
-    ROOT.log.<segment>      the stream's log: batches as JSON lines
+    ROOT.log.<segment>      the stream's log: batches as JSON lines; a segment
+                            that is not the last ends with {"next": N}
     ROOT.finished           {"jobid", "stored", "last_id"} once a datastore finished
     ROOT.computes.<name>    one key per compute job that checked in
 
@@ -31,7 +32,7 @@ import flux.kvs
 from flux.core.inner import ffi
 
 from conduit.protocol import DEFAULT_STREAM, SEGMENT_BYTES, SEGMENT_COMMITS, check_stream
-from conduit.store import Store
+from conduit.store import Store, next_line
 
 NAMESPACE = "primary"
 STREAMS = "conduit.streams"
@@ -114,13 +115,21 @@ class ConduitDir:
         blob = b"".join(self.segment(n) or b"" for n in segments)
         return Store.from_log(blob), segments
 
-    def append_async(self, segment: int, blob: bytes) -> flux.Future:
-        """Append `blob` to log segment `segment`; the commit's future."""
+    def append_async(self, segment: int, blob: bytes, closes: int | None = None) -> flux.Future:
+        """Append `blob` to log segment `segment`; the commit's future.
+
+        closes: a segment this commit ends, with a line that names the next
+        (store.next_line()), in the same commit: a consumer reading that
+        segment then knows where to go on.
+        """
         txn = self._txn()
-        key = f"{self.log_key}.{segment}"
-        flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
-        )
+        appends = [(segment, blob)]
+        if closes is not None:
+            appends.insert(0, (closes, next_line(segment)))
+        for n, data in appends:
+            flux.kvs.RAW.flux_kvs_txn_put_raw(
+                txn.txn, flux.constants.FLUX_KVS_APPEND, f"{self.log_key}.{n}", data, len(data)
+            )
         return txn.commit_async()
 
     def segments(self) -> list[int]:

@@ -8,8 +8,9 @@ line may repeat a (producer, seq) that an earlier line holds (a retried
 put); replaying the log keeps the first, as the live datastore did, so a
 restarted datastore rebuilds the same store.  A commit that holds such
 repeats starts with a line {"duplicates": [ids]} naming them, so that a
-consumer can skip them without remembering every (producer, seq).
-Packet ids grow along the log, across datastore restarts.
+consumer can skip them without remembering every (producer, seq).  A
+segment that is not the last ends with {"next": N}.  Packet ids grow
+along the log, across datastore restarts.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def log_line(batch_text: str) -> bytes:
     return batch_text.encode() + b"\n"
 
 
+def next_line(segment: int) -> bytes:
+    """The line that ends a log segment: where the log goes on."""
+    return json.dumps({"next": segment}).encode() + b"\n"
+
+
 def duplicates_line(ids: list[int]) -> bytes:
     """The line that names a commit's repeated packets, written before its batches."""
     return json.dumps({"duplicates": ids}, separators=(",", ":")).encode() + b"\n"
@@ -95,8 +101,8 @@ def log_packets(blob: bytes) -> Iterator[Packet]:
         if not line.strip():
             continue
         batch = json.loads(line)
-        if isinstance(batch, dict) and "duplicates" in batch:
-            continue  # replaying dedupes by (producer, seq) anyway
+        if isinstance(batch, dict) and ("duplicates" in batch or "next" in batch):
+            continue  # replaying dedupes by (producer, seq) anyway; segments are joined
         if not isinstance(batch, dict) or not isinstance(batch.get("packets"), list):
             raise ValueError(f"line {number} of the store log is not a batch")
         for packet in batch["packets"]:

@@ -6,8 +6,10 @@ Each test names its own stream, so that it does not meet the other tests'.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -155,3 +157,31 @@ def test_a_consumer_of_200000_packets_holds_one_segment_at_most(
     assert big["peak_buffer_bytes"] <= 2 * SEGMENT_BYTES < log_bytes / 2
     # and the process: its peak RSS grows by far less than the log it read
     assert big["maxrss_kb"] - small["maxrss_kb"] < 32 * 1024
+
+
+def test_readme_analysis_job_follows_and_resumes(
+    flux_instance: FluxInstance, tmp_path: Path
+) -> None:
+    """The example job of the README's "Follow a stream" section, as written."""
+    inst = flux_instance
+    text = (REPO / "README.md").read_text()
+    [code] = re.findall(r"```python\n(# analyze\.py.*?)```", text, flags=re.DOTALL)
+    (tmp_path / "analyze.py").write_text(code)
+    ds = start_datastore(inst, "ana", "--packets", "3", "--fresh", "--quiet", rank=1)
+
+    def analyze() -> str:
+        return inst.flux("submit", "-N1", "-n1", f"--cwd={tmp_path}", "flux", "python",
+                         "analyze.py", "ana").stdout.strip()  # fmt: skip
+
+    first = analyze()
+    inst.conduit("put", "--stream", "ana", '{"loss": 0.9}', '{"loss": 0.5}', '{"loss": 0.7}')
+    done = inst.wait_output(first)
+    assert inst.wait_output(ds).returncode == 0
+    again = inst.wait_output(analyze())
+    assert done.returncode == 0 and again.returncode == 0, done.stderr + again.stderr
+    assert done.stdout.splitlines() == [
+        "packet 1: best loss so far 0.9",
+        "packet 2: best loss so far 0.5",
+        '{"stream": "ana", "resumed_after": 0, "best_loss": 0.5}',
+    ]
+    assert again.stdout.splitlines() == ['{"stream": "ana", "resumed_after": 3, "best_loss": null}']
