@@ -10,7 +10,7 @@ from typing import Any
 
 from conduit.errors import ConduitError
 
-COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1"}
+COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1", "follow": "C4"}
 
 
 def require_matplotlib() -> None:
