@@ -161,6 +161,9 @@ class Conduit:
         self.location: Location | None = None
         self._dir = kvsdir.ConduitDir(self.h, stream)
         self._put = topic(stream, "put")
+        self._how_to_start = HOW_TO_START + (
+            "" if stream == DEFAULT_STREAM else f" --stream {stream}"
+        )
         self._seq = itertools.count(1)
 
     def put(self, data: Mapping[str, Any], timeout: float | None = None) -> Receipt:
@@ -247,7 +250,7 @@ class Conduit:
                     ) from None
                 problem = f"{location}: {reason}"
                 if code == errno.ENOSYS:
-                    problem = f"{location} has no conduit (it ended?); {HOW_TO_START}"
+                    problem = f"{location} has no conduit (it ended?); {self._how_to_start}"
                 todo.appendleft(k)  # sent again, same seqs: stored once whatever happened
                 location = None
                 if time.monotonic() >= deadline:
@@ -277,7 +280,7 @@ class Conduit:
         if not isinstance(value, dict):
             raise ConduitError(
                 f"no datastore has published its location (KVS key {self._dir.location_key}); "
-                + HOW_TO_START
+                + self._how_to_start
             )
         self.location = Location(int(value["rank"]), int(value["jobid"]), str(value["host"]))
         return self.location

@@ -153,3 +153,23 @@ def test_default_stream_module_stats_are_the_conduits_own(flux_instance: FluxIns
     flux_instance.wait_output(ds)
     assert stats["name"] == "conduit"
     assert (stats["attached"], stats["stored"], stats["held"], stats["rejected"]) == (True, 1, 0, 0)
+
+
+def test_backlog_packets_is_the_modules_limit_and_backlog_its_old_name(
+    flux_instance: FluxInstance,
+) -> None:
+    inst = flux_instance
+    limits = {}
+    for arg in ("backlog-packets=7", "backlog=9"):
+        ds = start_datastore(inst, "limits", "--packets", "0", "--fresh", "--module-arg", arg,
+                             rank=2)  # fmt: skip
+        limits[arg] = module_stats(inst, "conduit-limits", 2)["backlog_packets"]
+        inst.flux("cancel", ds)
+        inst.wait_output(ds)
+    inst.flux("kvs", "unlink", "-f", "conduit.streams.limits.datastore")
+    put = inst.conduit("put", "--stream", "limits", "--timeout", "1", '{"a": 1}', check=False)
+    assert limits == {"backlog-packets=7": 7, "backlog=9": 9}
+    assert put.returncode == 1
+    [line] = put.stderr.splitlines()
+    assert "(KVS key conduit.streams.limits.datastore)" in line
+    assert line.endswith("flux python -m conduit datastore --stream limits"), line
