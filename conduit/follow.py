@@ -71,7 +71,8 @@ class Follower:
         self.h = h or connect()
         self.stream = check_stream(stream)
         self.kvs = kvsdir.ConduitDir(self.h, stream)
-        self.after = after  # the id of the last packet yielded (or skipped)
+        self.after = after  # the id of the last packet read from the log (queued or skipped)
+        self.last_id = after  # the id of the last packet yielded: where a restart goes on
         self.wait = wait
         self.follow_on = follow_on
         self.segment = 0  # the segment being read
@@ -104,6 +105,7 @@ class Follower:
             while True:
                 if self.ready:
                     packet = self.ready.popleft()
+                    self.last_id = packet["id"]
                     self.packets += 1
                     self.last_at = time.time()
                     if self.packets == 1:
@@ -132,7 +134,7 @@ class Follower:
         return {
             "stream": self.stream,
             "packets": self.packets,
-            "last_id": self.after,
+            "last_id": self.last_id,
             "segments": self.segments,
             "peak_buffer_bytes": self.peak_buffer_bytes,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -151,7 +151,9 @@ def test_a_consumer_of_200000_packets_holds_one_segment_at_most(
     log_bytes = sum(len(inst.flux("kvs", "get", "--raw", f"conduit.streams.mem.log.{n}").stdout)
                     for n in range(big["segments"]))  # fmt: skip
 
-    assert (small["packets"], big["packets"], big["last_id"]) == (1000, total, total)
+    # last_id: the last packet handed out, where a consumer restarted goes on
+    assert (small["packets"], small["last_id"]) == (1000, 1000)
+    assert (big["packets"], big["last_id"]) == (total, total)
     assert big["segments"] > 2
     # the documented bound: one segment (SEGMENT_BYTES, passed by at most one commit)
     assert big["peak_buffer_bytes"] <= 2 * SEGMENT_BYTES < log_bytes / 2
