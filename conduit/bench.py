@@ -8,6 +8,12 @@ datastore's rank, one per request ("raw").  The ratio of each conduit
 path's packets/s to raw round trips/s says how much of what Flux's RPC
 carries the conduit delivers.  The "loop" path is the client API as a
 user writes it: one Conduit.send per packet, flush at the end.
+
+The "follow" path is the batched one with a consumer (`conduit follow`,
+on the rank with the fewest producers) reading the run's packets as the
+datastore stores them: its rate, and how far behind the datastore it
+ends; the batched path runs without one, so that a consumer's CPU does
+not count against it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,11 +35,12 @@ import flux.progress
 from conduit import output
 from conduit.errors import ConduitError, connect
 from conduit.jobs import attach, cancel_all, submit, wait_location
-from conduit.protocol import PUT, STATS
+from conduit.protocol import PUT, topic
 
 RAW_TOPIC = "broker.ping"
 JOB_TIMEOUT = 300.0
-KINDS = ("conduit", "batched", "raw", "loop")
+KINDS = ("conduit", "batched", "raw", "loop", "follow")
+FOLLOWED = "follow"  # the batched path, with a consumer reading what it stores
 
 
 @dataclass
@@ -81,6 +89,8 @@ class Bench:
         self.nranks = int(h.attr_get("size"))
         if self.rank >= self.nranks:
             raise ConduitError(f"--datastore-rank: the instance has ranks 0 to {self.nranks - 1}")
+        self.stream = args.stream
+        self.consumers: list[dict[str, Any]] = []  # one per batched run
         self.datastore: flux.job.JobID | None = None
         self.jobs: list[flux.job.JobID] = []  # every job submitted, to cancel on failure
         self.expected = 0  # packets the datastore must store in all
@@ -88,7 +98,7 @@ class Bench:
 
     def start_datastore(self, total: int) -> None:
         self.expected = total
-        argv = ["datastore", "--packets", str(total), "--fresh", "--quiet"]
+        argv = ["datastore", "--stream", self.stream, "--packets", str(total), "--fresh", "--quiet"]
         self.datastore = submit(self.h, argv, "datastore", rank=self.rank)
         self.jobs.append(self.datastore)
         wait_location(self.h, self.datastore, time.monotonic() + JOB_TIMEOUT)
@@ -109,8 +119,9 @@ class Bench:
         argv = [
             "produce", "--topic", RAW_TOPIC if kind == "raw" else PUT, "--rank", str(self.rank),
             "--count", str(self.packets), "--size", str(self.size),
-            "--batch", str(self.batch if kind in ("batched", "loop") else 1),
+            "--batch", str(self.batch if kind in ("batched", "loop", FOLLOWED) else 1),
             "--in-flight", str(self.in_flight), "--start-at", f"{start_at:.3f}",
+            "--stream", self.stream,
         ]  # fmt: skip
         argv += ["--loop"] if kind == "loop" else []
         # Round-robin from the rank after the datastore's, which holds one
@@ -123,6 +134,7 @@ class Bench:
         return jobs
 
     def run(self, kind: str, count: int) -> Run:
+        consumer = self.consumer(count) if kind == FOLLOWED else None
         jobs = self.producers(kind, count)
         deadline = time.monotonic() + JOB_TIMEOUT
         total = count * self.packets
@@ -149,7 +161,49 @@ class Bench:
                 raise ConduitError(f"producer {jobid.f58} printed no report: {stream.stderr()}")
             reports.append(json.loads(stream.lines[-1]))
         self.advance(total - shown)
+        if consumer is not None:
+            self.consumers.append(self.consumed(consumer, count, reports, deadline))
         return summarize(kind, self.size, reports)
+
+    def consumer(self, count: int) -> subprocess.Popen[str]:
+        """`conduit follow` of the packets the next run puts, on the least loaded rank."""
+        after = self.h.rpc(topic(self.stream, "stats-get"), nodeid=self.rank).get()["last_id"]
+        load = [int(r == self.rank) for r in range(self.nranks)]
+        for i in range(count):
+            load[(self.rank + 1 + i) % self.nranks] += 1
+        rank = load.index(min(load))
+        # Its lines go to /dev/null there: through flux exec they would load the brokers.
+        argv = [
+            "flux", "exec", "-r", str(rank), "sh", "-c", 'exec "$@" >/dev/null', "sh",
+            sys.executable, "-m", "conduit", "follow", self.stream, "--after", str(after),
+            "--count", str(count * self.packets), "--stats",
+        ]  # fmt: skip
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def consumed(
+        self,
+        consumer: subprocess.Popen[str],
+        count: int,
+        reports: list[dict[str, Any]],
+        deadline: float,
+    ) -> dict[str, Any]:
+        """The consumer's rate over the run, and its lag behind the last acknowledgement."""
+        try:
+            _, err = consumer.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            raise ConduitError("the consumer did not read the run's packets in time") from None
+        if consumer.returncode != 0:
+            raise ConduitError(f"the consumer failed: {err.strip()}")
+        stats = json.loads(err.splitlines()[-1])
+        start = min(r["start"] for r in reports)
+        return {
+            "producers": count,
+            "packets": stats["packets"],
+            "per_second": round(stats["packets"] / (stats["last_at"] - start), 1),
+            "lag_ms": round((stats["last_at"] - max(r["end"] for r in reports)) * 1000, 1),
+            "peak_buffer_bytes": stats["peak_buffer_bytes"],
+        }
 
     def stored(self) -> int | None:
         """Packets the conduit has stored so far, in all runs.
@@ -157,7 +211,8 @@ class Bench:
         None once the datastore has its count and has removed the module.
         """
         try:
-            return int(self.h.rpc(STATS, nodeid=self.rank).get()["stored"])
+            stats = self.h.rpc(topic(self.stream, "stats-get"), nodeid=self.rank).get()
+            return int(stats["stored"])
         except OSError:
             return None
 
@@ -199,6 +254,18 @@ def ratios(runs: list[Run], kind: str, over: str = "raw") -> dict[str, float]:
     }
 
 
+def consumer_medians(consumers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per P, the consumer run of median rate."""
+    by: dict[int, list[dict[str, Any]]] = {}
+    for c in consumers:
+        by.setdefault(c["producers"], []).append(c)
+    picked = {}
+    for p, cs in sorted(by.items()):
+        ordered = sorted(cs, key=lambda c: c["per_second"])
+        picked[str(p)] = ordered[(len(ordered) - 1) // 2]
+    return picked
+
+
 def main(args: argparse.Namespace) -> int:
     h = connect()
     bench = Bench(h, args)
@@ -238,6 +305,7 @@ def main(args: argparse.Namespace) -> int:
         "batched_ratio": ratios(picked, "batched"),
         "loop_ratio": ratios(picked, "loop"),
         "loop_batched_ratio": ratios(picked, "loop", over="batched"),
+        "consumer": consumer_medians(bench.consumers),
         "all_runs": [asdict(r) for r in runs],
     }
     print(f"median of {repeat} rounds; {packets} packets of {args.size} bytes per producer")
@@ -247,6 +315,11 @@ def main(args: argparse.Namespace) -> int:
             f"P={p}: conduit/raw = {results['ratio'][p]:.2f}, "
             f"batched ({args.batch} per request)/raw = {results['batched_ratio'][p]:.2f}, "
             f"loop/batched = {results['loop_batched_ratio'][p]:.2f}"
+        )
+    for p, c in results["consumer"].items():
+        print(
+            f"P={p}: consumer {c['per_second']:.0f} pkt/s following the follow path, "
+            f"{c['lag_ms']:.1f} ms behind the datastore at the end"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

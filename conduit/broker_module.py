@@ -12,7 +12,7 @@ import flux
 import flux.job
 
 from conduit.errors import ConduitError
-from conduit.protocol import SERVICE, STATS
+from conduit.protocol import SERVICE
 
 SOURCE_TREE_MODULE = Path(__file__).resolve().parent.parent / "module" / "conduit.so"
 HOW_TO_BUILD = "run `make module`, or point --module or CONDUIT_MODULE at conduit.so"
@@ -75,36 +75,41 @@ def check_version(h: flux.Flux, path: str) -> None:
         )
 
 
-def load(h: flux.Flux, path: str, args: list[str]) -> None:
-    """Load the module on this broker, replacing one left without a datastore."""
+def load(h: flux.Flux, path: str, args: list[str], name: str = SERVICE) -> None:
+    """Load the module on this broker under `name`, replacing one left without a datastore.
+
+    The name is the module's service: a stream's module answers
+    `<name>.put`, `<name>.stats-get`, ... (protocol.service()), so one
+    broker can hold a module per stream.
+    """
     check_version(h, path)
     try:
-        _insmod(h, path, args)
+        _insmod(h, path, args, name)
         return
     except OSError as exc:
         if exc.errno != errno.EEXIST:
             raise ConduitError(_load_failure(path, exc), exc.errno) from exc
-    stats = h.rpc(STATS).get()
+    stats = h.rpc(f"{name}.stats-get").get()
     if stats["attached"]:
         raise ConduitError(
-            f"the conduit on rank {stats['rank']} already serves datastore job "
+            f"the conduit {name} on rank {stats['rank']} already serves datastore job "
             f"{flux.job.JobID(stats['datastore']).f58}; cancel it first"
         )
-    remove(h)
+    remove(h, name)
     try:
-        _insmod(h, path, args)
+        _insmod(h, path, args, name)
     except OSError as exc:
         raise ConduitError(_load_failure(path, exc), exc.errno) from exc
 
 
-def remove(h: flux.Flux) -> None:
-    """Remove the module; not being loaded is fine."""
+def remove(h: flux.Flux, name: str = SERVICE) -> None:
+    """Remove the module loaded under `name`; not being loaded is fine."""
     with contextlib.suppress(FileNotFoundError):
-        h.rpc("module.remove", {"name": SERVICE, "cancel": False}).get()
+        h.rpc("module.remove", {"name": name, "cancel": False}).get()
 
 
-def _insmod(h: flux.Flux, path: str, args: list[str]) -> None:
-    h.rpc("module.load", {"path": path, "args": args, "exec": False}).get()
+def _insmod(h: flux.Flux, path: str, args: list[str], name: str) -> None:
+    h.rpc("module.load", {"path": path, "args": args, "exec": False, "name": name}).get()
 
 
 def _load_failure(path: str, exc: OSError) -> str:

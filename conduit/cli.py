@@ -18,7 +18,13 @@ from collections.abc import Callable, Sequence
 
 from conduit import output
 from conduit.errors import NO_BINDINGS, ConduitError
-from conduit.protocol import DEFAULT_BATCH, DEFAULT_TIMEOUT, MAX_PACKETS_PER_PUT, MODULE_ARGS
+from conduit.protocol import (
+    DEFAULT_BATCH,
+    DEFAULT_STREAM,
+    DEFAULT_TIMEOUT,
+    MAX_PACKETS_PER_PUT,
+    MODULE_ARGS,
+)
 
 Run = Callable[[argparse.Namespace], int]
 
@@ -70,6 +76,16 @@ rank_list = number_list(0, "0,1,2 (ranks)")
 count_list = number_list(1, "1,2,4 (counts from 1)")
 
 
+def add_stream(p: argparse.ArgumentParser, what: str) -> None:
+    """The --stream NAME option, for a command that `what`."""
+    p.add_argument(
+        "--stream",
+        default=DEFAULT_STREAM,
+        metavar="NAME",
+        help=f"the stream it {what} (default: {DEFAULT_STREAM})",
+    )
+
+
 def runs(module: str, function: str = "main") -> Run:
     """conduit.<module>.<function>(args), imported when the command runs."""
 
@@ -95,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datastore", help="run as a Flux job: load the module, keep the store")
     ds.set_defaults(run=runs("datastore"))
+    add_stream(ds, "serves; one datastore per stream")
     ds.add_argument(
         "--packets",
         type=whole_number(0),
@@ -137,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
         "compute", help="run as a Flux job: put one packet, wait for it to be stored, sleep"
     )
     co.set_defaults(run=runs("compute"))
+    add_stream(co, "puts to")
     co.add_argument("seconds", type=seconds, help="seconds to sleep after the packet is stored")
     co.add_argument(
         "--timeout",
@@ -149,6 +167,7 @@ def parser() -> argparse.ArgumentParser:
         "put", help="put JSON objects (arguments, or JSON Lines from --file) and wait until stored"
     )
     pu.set_defaults(run=runs("put"))
+    add_stream(pu, "puts to")
     pu.add_argument(
         "objects",
         nargs="*",
@@ -208,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
         "bench", help="inside an instance: conduit throughput and latency against raw Flux RPC"
     )
     be.set_defaults(run=runs("bench"))
+    add_stream(be, "measures")
     be.add_argument(
         "--producers",
         type=count_list,
@@ -260,6 +280,7 @@ def parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("produce", help="run as a Flux job by bench and the tests: pipelined puts")
     pr.set_defaults(run=runs("producer"))
+    add_stream(pr, "puts to")
     pr.add_argument(
         "--topic", default="conduit.put", help="conduit.put, or an echo such as broker.ping"
     )
@@ -305,6 +326,51 @@ def parser() -> argparse.ArgumentParser:
         "store", help="print the durable store (what an unfinished datastore left in the KVS)"
     )
     st.set_defaults(run=runs("datastore", "show_store"))
+    add_stream(st, "prints")
+
+    fo = sub.add_parser(
+        "follow",
+        help="print each stored packet of a stream once, in order, as JSON lines, as it grows",
+    )
+    fo.set_defaults(run=runs("follow"))
+    fo.add_argument("stream", metavar="STREAM", help=f"the stream ({DEFAULT_STREAM}: the default)")
+    fo.add_argument(
+        "--after",
+        type=whole_number(0),
+        default=0,
+        metavar="ID",
+        help="start with the first packet whose id is greater (the last id a consumer handled)",
+    )
+    fo.add_argument(
+        "--wait",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a stream that does not exist yet (default 60)",
+    )
+    fo.add_argument(
+        "--follow-on",
+        action="store_true",
+        help="do not end when the stream's datastore finishes: follow its next run too",
+    )
+    fo.add_argument("--count", type=whole_number(1), metavar="N", help="end after N packets")
+    fo.add_argument(
+        "--stats",
+        action="store_true",
+        help="at the end, print the consumer's counters as one JSON line on stderr",
+    )
+
+    ss = sub.add_parser(
+        "status", help="each stream: where its datastore runs, what it stored, held, refused"
+    )
+    ss.set_defaults(run=runs("streams", "status"))
+    ss.add_argument("--json", action="store_true", help="one JSON object, for programs")
+
+    dl = sub.add_parser(
+        "delete", help="remove a stream whose datastore is not running, and its log"
+    )
+    dl.set_defaults(run=runs("streams", "delete"))
+    dl.add_argument("stream", metavar="STREAM", help=f"the stream ({DEFAULT_STREAM}: the default)")
 
     return p
 

@@ -7,6 +7,7 @@
     conduit.put_many(results)                # batched and pipelined
     conduit.send({"step": 2})                # returns at once with a future
     conduit.flush()                          # every packet sent so far stored, or ConduitError
+    metrics = Conduit(stream="metrics")      # another stream, served by its own datastore
 
 Every packet carries this client's producer name and a sequence number,
 so a put retried after a timeout or a datastore restart is stored once.
@@ -48,12 +49,13 @@ from conduit.protocol import (
     DEFAULT_BATCH,
     DEFAULT_LINGER,
     DEFAULT_MAX_PENDING,
+    DEFAULT_STREAM,
     DEFAULT_TIMEOUT,
     MAX_DATA,
     MAX_DEPTH,
     MAX_PACKETS_PER_PUT,
-    PUT,
     RETRYABLE_ERRNOS,
+    topic,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +65,13 @@ DEFAULT_IN_FLIGHT = 8
 REQUEST_TIMEOUT = 10.0  # an unanswered request is sent again after this long
 MAX_BACKOFF = 1.0
 
-HOW_TO_START = "submit one first: flux submit -N1 -n1 flux python -m conduit datastore"
+
+def how_to_start(stream: str) -> str:
+    """What to do when no datastore serves `stream`."""
+    option = "" if stream == DEFAULT_STREAM else f" --stream {stream}"
+    return f"submit one first: flux submit -N1 -n1 flux python -m conduit datastore{option}"
+
+
 JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps makes one a call
 
 _instances = itertools.count(1)
@@ -169,18 +177,19 @@ def locate(directory: kvsdir.ConduitDir, deadline: float) -> Location:
             watch.cancel()
     if not isinstance(value, dict):
         raise ConduitError(
-            f"no datastore has published its location (KVS key {kvsdir.LOCATION}); " + HOW_TO_START
+            f"no datastore has published its location (KVS key {directory.location_key}); "
+            + how_to_start(directory.stream)
         )
     return Location(int(value["rank"]), int(value["jobid"]), str(value["host"]))
 
 
-def failure(exc: OSError, location: Location) -> tuple[int, str, str]:
+def failure(exc: OSError, location: Location, stream: str) -> tuple[int, str, str]:
     """A failed put request's errno (ETIMEDOUT: no answer), Flux's reason, and, for a
     retryable one, the problem to report if its timeout passes."""
     code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno or errno.EIO
     reason = exc.strerror or os.strerror(code)
     if code == errno.ENOSYS:
-        return code, reason, f"{location} has no conduit (it ended?); {HOW_TO_START}"
+        return code, reason, f"{location} has no conduit (it ended?); {how_to_start(stream)}"
     return code, reason, f"{location}: {reason}"
 
 
@@ -197,6 +206,8 @@ class Conduit:
         producer: the name that makes retried puts recognisable (default:
             default_producer()).  Two clients must not share one.
         timeout: the default for how long a put may take, retries included.
+        stream: the stream to put to (default: the default stream); a
+            packet put to one stream never lands in another.
         batch: for send(): at most this many packets per request.
         linger: for send(): at most this many seconds a packet waits for
             its batch to fill before it leaves.
@@ -215,6 +226,7 @@ class Conduit:
         h: flux.Flux | None = None,
         producer: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        stream: str = DEFAULT_STREAM,
         *,
         batch: int = DEFAULT_BATCH,
         linger: float = DEFAULT_LINGER,
@@ -227,7 +239,9 @@ class Conduit:
         self.producer = producer or default_producer()
         self.timeout = timeout
         self.location: Location | None = None
-        self._dir = kvsdir.ConduitDir(self.h)
+        self.stream = stream
+        self.topic = topic(stream, "put")  # the put service of the stream's module
+        self._dir = kvsdir.ConduitDir(self.h, stream)
         self._seq = itertools.count(1)
         self._sender.start(None if h is None else self.h.attr_get("local-uri"))
 
@@ -360,7 +374,7 @@ class Conduit:
                 wait = min(max(deadline - time.monotonic(), 0.001), REQUEST_TIMEOUT)
                 answer = future.wait_for(wait).get()
             except OSError as exc:  # TimeoutError too: nothing answered in time
-                code, reason, problem = failure(exc, location)
+                code, reason, problem = failure(exc, location, self.stream)
                 if code not in RETRYABLE_ERRNOS:
                     stored = sum(len(r) for r in responses)
                     raise ConduitError(
@@ -389,7 +403,7 @@ class Conduit:
         return self.location
 
     def _rpc(self, chunk: list[dict[str, Any]], rank: int) -> Any:
-        return self.h.rpc(PUT, request_payload(chunk), nodeid=rank)
+        return self.h.rpc(self.topic, request_payload(chunk), nodeid=rank)
 
     @staticmethod
     def _which(chunks: list[list[dict[str, Any]]], k: int) -> str:

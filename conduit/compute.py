@@ -18,9 +18,9 @@ from conduit.client import Conduit, job_name
 
 def main(args: argparse.Namespace) -> int:
     name = job_name()
-    conduit = Conduit(producer=f"compute-{name}", timeout=args.timeout)
+    conduit = Conduit(producer=f"compute-{name}", timeout=args.timeout, stream=args.stream)
     key = f"{int(time.time())}-{name}"
-    kvsdir.ConduitDir(conduit.h).check_in(
+    kvsdir.ConduitDir(conduit.h, args.stream).check_in(
         name, {"rank": conduit.h.get_rank(), "host": socket.gethostname(), "key": key}
     )
     receipt = conduit.put({key: "os.time"})

@@ -26,8 +26,8 @@ import flux.job
 
 from conduit import broker_module, kvsdir, output
 from conduit.errors import ConduitError, connect
-from conduit.protocol import ACK, ATTACH, STATS
-from conduit.store import Packet, Store, log_line
+from conduit.protocol import DEFAULT_STREAM, check_stream, service, topic
+from conduit.store import Packet, Store, duplicates_line, log_line
 
 # The module writes each batch's id range first, so that a batch this
 # datastore cannot decode can still be refused by its ids.
@@ -39,6 +39,7 @@ class Commit:
     """Batches stored in one KVS commit, and acknowledged together."""
 
     upto: int = -1  # highest packet id in it
+    logged: int = -1  # highest packet id of its batches in the log (not refused)
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
     duplicates: list[int] = field(default_factory=list)
@@ -47,6 +48,7 @@ class Commit:
 
 @dataclass
 class Settings:
+    stream: str  # the stream this datastore serves
     packets: int  # finish after this many are stored (0: never)
     fresh: bool  # discard an unfinished store instead of resuming it
     print_mode: str
@@ -57,6 +59,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         return cls(
+            stream=check_stream(args.stream),
             packets=args.packets,
             fresh=args.fresh,
             print_mode="none" if args.quiet else args.print,
@@ -70,7 +73,9 @@ class Datastore:
     def __init__(self, h: flux.Flux, settings: Settings) -> None:
         self.h = h
         self.settings = settings
-        self.kvs = kvsdir.ConduitDir(h)
+        self.stream = settings.stream
+        self.service = service(settings.stream)  # the module's name, and its topics' prefix
+        self.kvs = kvsdir.ConduitDir(h, settings.stream)
         self.printer = output.Printer(settings.print_mode)
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
@@ -78,7 +83,12 @@ class Datastore:
         self.next_commit = Commit()  # batches waiting for the commit in flight
         self.in_flight: Commit | None = None
         self.commits = 0
-        self.segment = 0  # the log segment this datastore starts appending to
+        self.segment = 0  # the log segment this datastore appends to
+        self.segment_commits = 0  # commits in it, and their bytes
+        self.segment_bytes = 0
+        self.closes: int | None = None  # a resumed log's last segment, ended by our first commit
+        self.log_last_id = -1  # the highest packet id in the log
+        self.first_id = 1  # of the packets this datastore stores: ids grow along the log
         self.exit_code = 0
         self.done = False
 
@@ -86,9 +96,13 @@ class Datastore:
         output.say(output.STARTING)
         self.refuse_if_served()
         self.resume_or_reset()
-        broker_module.load(self.h, self.settings.module, self.settings.module_args)
+        broker_module.load(self.h, self.settings.module, self.settings.module_args, self.service)
         output.say(output.LOADED)
-        attach = self.h.rpc(ATTACH, {"jobid": self.jobid}, flags=flux.constants.FLUX_RPC_STREAMING)
+        attach = self.h.rpc(
+            topic(self.stream, "attach"),
+            {"jobid": self.jobid, "first_id": self.first_id},
+            flags=flux.constants.FLUX_RPC_STREAMING,
+        )
         attach.then(self.on_batch)
         self.kvs.publish_location(self.rank, self.jobid, socket.gethostname())
         output.say(output.INITIALIZED)
@@ -110,34 +124,47 @@ class Datastore:
         if self.done:
             self.finish()
         else:
-            broker_module.remove(self.h)
+            broker_module.remove(self.h, self.service)
         return self.exit_code
 
     def refuse_if_served(self) -> None:
-        """One datastore per instance: stop if the published one is alive."""
+        """One datastore per stream: stop if the published one is alive."""
         location = self.kvs.location()
         if location is None:
             return
         try:
-            stats = self.h.rpc(STATS, nodeid=location["rank"]).get()
+            stats = self.h.rpc(topic(self.stream, "stats-get"), nodeid=location["rank"]).get()
         except OSError:
             return  # no conduit there: left by a datastore that is gone
         if stats["attached"]:
+            what = "the conduit" if self.stream == DEFAULT_STREAM else f"stream {self.stream}"
             raise ConduitError(
                 f"datastore job {flux.job.JobID(stats['datastore']).f58} already serves "
-                f"the conduit on rank {stats['rank']}; cancel it first"
+                f"{what} on rank {stats['rank']}; cancel it first"
             )
 
     def resume_or_reset(self) -> None:
-        if self.settings.fresh:
-            self.kvs.discard_store()
+        """Resume an unfinished log; replace a finished one, or any with --fresh.
+
+        Replacing a finished stream, packet ids go on from its last, so
+        that a consumer following on sees the next run's packets as new;
+        --fresh starts them at 1 again.
+        """
+        finished = self.kvs.finished()
+        if finished is not None or self.settings.fresh:
+            if finished is not None and not self.settings.fresh:
+                self.first_id = int(finished["last_id"]) + 1
+            self.kvs.discard_log()
             return
-        self.store, segments = self.kvs.load_store()
+        self.store, segments = self.kvs.load_log()
+        self.first_id = self.store.last_id + 1
+        self.log_last_id = self.store.last_id
         if segments:
             self.segment = segments[-1] + 1
+            self.closes = segments[-1]
             output.say(
                 f"{output.RESUMED_PREFIX}{self.store.count} packets from an "
-                f"unfinished datastore (KVS {kvsdir.STORE}); --fresh starts empty"
+                f"unfinished datastore (KVS {self.kvs.log_key}); --fresh starts empty"
             )
             self.printer.resumed(self.store.render())
 
@@ -157,7 +184,7 @@ class Datastore:
         except (ValueError, RecursionError) as exc:
             self.refuse(commit, text, exc)
         else:
-            commit.upto = packets[-1]["id"]
+            commit.upto = commit.logged = packets[-1]["id"]
             commit.lines.append(log_line(text))
             for packet in packets:
                 if self.store.claim(packet):
@@ -195,12 +222,25 @@ class Datastore:
             return
         commit, self.next_commit = self.next_commit, Commit()
         if not commit.lines:  # only refused batches: nothing to store
+            self.acknowledge(commit)
             self.stored(commit)
             return
         self.in_flight = commit
-        segment = self.segment + self.commits // kvsdir.SEGMENT_COMMITS
+        if commit.duplicates:  # named first, so that a consumer can skip them
+            commit.lines.insert(0, duplicates_line(commit.duplicates))
+        blob = b"".join(commit.lines)
+        if (
+            self.segment_commits >= kvsdir.SEGMENT_COMMITS
+            or self.segment_bytes >= kvsdir.SEGMENT_BYTES
+        ):
+            self.closes = self.segment
+            self.segment += 1
+            self.segment_commits = self.segment_bytes = 0
+        self.segment_commits += 1
+        self.segment_bytes += len(blob)
         self.commits += 1
-        self.kvs.append_async(segment, b"".join(commit.lines)).then(self.on_committed, commit)
+        closes, self.closes = self.closes, None
+        self.kvs.append_async(self.segment, blob, closes).then(self.on_committed, commit)
 
     def on_committed(self, f: Any, commit: Commit) -> None:
         try:
@@ -209,22 +249,37 @@ class Datastore:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
         self.in_flight = None
+        self.log_last_id = max(self.log_last_id, commit.logged)
+        # Acknowledge, and start the next commit, before applying this one:
+        # the KVS and the producers then work while the store grows
+        # (docs/performance.md).  Not past the target, though.
+        target = self.settings.packets
+        last = 0 < target <= self.store.count + len(commit.fresh)
+        self.acknowledge(commit)
+        if not last:
+            self.start_commit()
         self.stored(commit)
         if self.done:
             self.h.reactor_stop()
-        else:
+        elif last:
             self.start_commit()
 
-    # Packets stored: show and acknowledge them.
-    def stored(self, commit: Commit) -> None:
-        for packet in commit.fresh:
-            self.store.apply(packet)
-            more = not self.reached_target()
-            self.printer.stored(self.store.render, json.dumps(packet["data"]), more)
+    def acknowledge(self, commit: Commit) -> None:
         ack: dict[str, Any] = {"upto": commit.upto, "duplicates": commit.duplicates}
         if commit.refused:
             ack["refused"] = commit.refused
-        self.h.rpc(ACK, ack, flags=flux.constants.FLUX_RPC_NORESPONSE)
+        self.h.rpc(topic(self.stream, "ack"), ack, flags=flux.constants.FLUX_RPC_NORESPONSE)
+
+    # Packets stored: show them.
+    def stored(self, commit: Commit) -> None:
+        if self.printer.mode == "none":
+            for packet in commit.fresh:
+                self.store.apply(packet)
+        else:
+            for packet in commit.fresh:
+                self.store.apply(packet)
+                more = not self.reached_target()
+                self.printer.stored(self.store.render, json.dumps(packet["data"]), more)
         if self.reached_target():
             self.done = True
 
@@ -233,8 +288,8 @@ class Datastore:
 
     def finish(self) -> None:
         output.say(output.BYE)
-        broker_module.remove(self.h)
-        self.kvs.clear_finished(self.jobid)
+        broker_module.remove(self.h, self.service)
+        self.kvs.finish(self.jobid, self.store.count, self.log_last_id)
         if self.settings.print_mode == "none":
             summary = {"stored": self.store.count, "keys": len(self.store.data)}
             output.say(output.SUMMARY_PREFIX + json.dumps({**summary, "commits": self.commits}))
@@ -248,7 +303,7 @@ class Datastore:
     def on_signal(self, h: flux.Flux, watcher: Any, signum: int, *_: Any) -> None:
         output.say(
             f"Stopped by signal {signum}: {self.store.count} packets stay in KVS "
-            f"{kvsdir.STORE} for the next datastore"
+            f"{self.kvs.log_key} for the next datastore"
         )
         self.exit_code = 128 + signum
         h.reactor_stop()
@@ -260,7 +315,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def show_store(args: argparse.Namespace) -> int:
-    """Print the durable store in the KVS as one JSON line."""
-    store, segments = kvsdir.ConduitDir(connect()).load_store()
+    """Print a stream's durable store in the KVS as one JSON line."""
+    store, segments = kvsdir.ConduitDir(connect(), check_stream(args.stream)).load_log()
     print(json.dumps({"packets": store.count, "segments": len(segments), "store": store.data}))
     return 0

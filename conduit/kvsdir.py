@@ -1,19 +1,29 @@
 """The conduit's KVS directory: every read and write of it lives here.
 
 Layout, in the instance's primary namespace (a job's own KVS calls
-default to its job namespace, so every call names the namespace):
+default to its job namespace, so every call names the namespace).  Each
+stream has a directory of its own, ROOT: `conduit` for the default
+stream (today's keys), `conduit.streams.<name>` for a named one:
 
-    conduit.datastore          {"rank", "jobid", "host"} of the live datastore
-    conduit.store.<segment>    the store's log: batches as JSON lines
-    conduit.computes.<name>    one key per compute job that checked in
+    ROOT.datastore          {"rank", "jobid", "host"} of the live datastore
+    ROOT.log.<segment>      the stream's log: batches as JSON lines; a segment
+                            that is not the last ends with {"next": N}
+    ROOT.finished           {"jobid", "stored", "last_id"} once a datastore finished
+    ROOT.computes.<name>    one key per compute job that checked in
 
 The log is a directory of segments 0, 1, ...; each holds the batches of
 up to SEGMENT_COMMITS commits.  Appending to one ever-growing key would
-make each commit cost more than the last.
+make each commit cost more than the last, and a consumer reads one
+segment at a time (conduit/follow.py).
+
+A finished stream's log stays, for consumers, until the next datastore
+of that stream replaces it, `--fresh` discards it, or `conduit delete`
+removes the stream: at most one log per stream name.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import flux
@@ -21,92 +31,189 @@ import flux.constants
 import flux.kvs
 from flux.core.inner import ffi
 
-from conduit.store import Store
+from conduit.protocol import DEFAULT_STREAM, SEGMENT_BYTES, SEGMENT_COMMITS, check_stream
+from conduit.store import Store, next_line
 
 NAMESPACE = "primary"
-LOCATION = "conduit.datastore"
-STORE = "conduit.store"
+STREAMS = "conduit.streams"
+LOCATION = "conduit.datastore"  # the default stream's keys
+LOG = "conduit.log"
 COMPUTES = "conduit.computes"
-SEGMENT_COMMITS = 64
+__all__ = ["SEGMENT_BYTES", "SEGMENT_COMMITS", "ConduitDir", "RawWatch", "list_streams", "root"]
+
+
+class RawWatch(flux.kvs.WatchImplementation):
+    """A watch of a value that is not JSON (a log segment): get() gives bytes, None at the end."""
+
+    def watch_get(self, future: Any) -> bytes:
+        data = ffi.new("const void *[1]")
+        size = ffi.new("size_t [1]")
+        flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
+        return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
+
+    def watch_cancel(self, future: Any) -> None:
+        flux.kvs.RAW.flux_kvs_lookup_cancel(future)
+
+
+def root(stream: str) -> str:
+    """The KVS directory of `stream`."""
+    check_stream(stream)
+    return "conduit" if stream == DEFAULT_STREAM else f"{STREAMS}.{stream}"
+
+
+def list_streams(h: flux.Flux) -> list[str]:
+    """The streams that have a datastore or a log in the KVS, the default stream first."""
+    names = []
+    if any(_exists(h, f"conduit.{k}") for k in ("datastore", "log", "finished")):
+        names.append(DEFAULT_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        names += sorted(flux.kvs.get_dir(h, STREAMS, namespace=NAMESPACE).keys())
+    return names
+
+
+def _exists(h: flux.Flux, key: str) -> bool:
+    try:
+        flux.kvs.get(h, key, namespace=NAMESPACE)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # a directory, or a value that is not JSON (a log segment)
+    return True
 
 
 class ConduitDir:
-    """The conduit's KVS directory, through one Flux handle."""
+    """One stream's KVS directory, through one Flux handle."""
 
-    def __init__(self, h: flux.Flux) -> None:
+    def __init__(self, h: flux.Flux, stream: str = DEFAULT_STREAM) -> None:
         self.h = h
+        self.stream = stream
+        self.root = root(stream)
+        self.location_key = f"{self.root}.datastore"
+        self.log_key = f"{self.root}.log"
+        self.finished_key = f"{self.root}.finished"
+        self.computes_key = f"{self.root}.computes"
 
     # Where the datastore is.
     def location(self) -> dict[str, Any] | None:
         """The published {"rank", "jobid", "host"} of the datastore, if any."""
-        try:
-            value = flux.kvs.get(self.h, LOCATION, namespace=NAMESPACE)
-        except FileNotFoundError:
-            return None
-        return value if isinstance(value, dict) else None
+        return self._get_dict(self.location_key)
 
     def watch_location(self) -> flux.kvs.KVSWatchFuture:
         """A future that is fulfilled with each new location (waits for the first)."""
         return flux.kvs.kvs_watch_async(
-            self.h, LOCATION, namespace=NAMESPACE, waitcreate=True, uniq=True
+            self.h, self.location_key, namespace=NAMESPACE, waitcreate=True, uniq=True
         )
 
     def publish_location(self, rank: int, jobid: int, host: str) -> None:
         with self._txn() as txn:
-            txn.put(LOCATION, {"rank": rank, "jobid": jobid, "host": host})
+            txn.put(self.location_key, {"rank": rank, "jobid": jobid, "host": host})
 
-    # The store's log.
-    def load_store(self) -> tuple[Store, list[int]]:
+    # The stream's log.
+    def load_log(self) -> tuple[Store, list[int]]:
         """The durable store, replayed from the log, and the log's segment numbers."""
-        segments = self._segments()
-        blob = b"".join(self._get_raw(f"{STORE}.{n}") for n in segments)
+        segments = self.segments()
+        blob = b"".join(self.segment(n) or b"" for n in segments)
         return Store.from_log(blob), segments
 
-    def append_async(self, segment: int, blob: bytes) -> flux.Future:
-        """Append `blob` to log segment `segment`; the commit's future."""
+    def append_async(self, segment: int, blob: bytes, closes: int | None = None) -> flux.Future:
+        """Append `blob` to log segment `segment`; the commit's future.
+
+        closes: a segment this commit ends, with a line that names the next
+        (store.next_line()), in the same commit: a consumer reading that
+        segment then knows where to go on.
+        """
         txn = self._txn()
-        key = f"{STORE}.{segment}"
-        flux.kvs.RAW.flux_kvs_txn_put_raw(
-            txn.txn, flux.constants.FLUX_KVS_APPEND, key, blob, len(blob)
-        )
+        appends = [(segment, blob)]
+        if closes is not None:
+            appends.insert(0, (closes, next_line(segment)))
+        for n, data in appends:
+            flux.kvs.RAW.flux_kvs_txn_put_raw(
+                txn.txn, flux.constants.FLUX_KVS_APPEND, f"{self.log_key}.{n}", data, len(data)
+            )
         return txn.commit_async()
 
-    def discard_store(self) -> None:
-        with self._txn() as txn:
-            txn.unlink(STORE)
-
-    def clear_finished(self, jobid: int) -> None:
-        """A finished datastore's cleanup: its log, the check-ins, its location."""
-        txn = self._txn()
-        txn.unlink(STORE)
-        txn.unlink(COMPUTES)
-        location = self.location()
-        if location is not None and location.get("jobid") == jobid:
-            txn.unlink(LOCATION)
-        txn.commit()
-
-    # Computes.
-    def check_in(self, name: str, info: dict[str, Any]) -> None:
-        with self._txn() as txn:
-            txn.put(f"{COMPUTES}.{name}", info)
-
-    def _txn(self) -> flux.kvs.KVSTxn:
-        return flux.kvs.KVSTxn(self.h, namespace=NAMESPACE)
-
-    def _segments(self) -> list[int]:
+    def segments(self) -> list[int]:
+        """The log's segment numbers, in order."""
         try:
-            names = flux.kvs.get_dir(self.h, STORE, namespace=NAMESPACE).keys()
+            names = flux.kvs.get_dir(self.h, self.log_key, namespace=NAMESPACE).keys()
         except FileNotFoundError:
             return []
         return sorted(int(n) for n in names)
 
-    def _get_raw(self, key: str) -> bytes:
-        """A value as bytes (the log is not one JSON value, so kvs.get cannot read it)."""
-        future = flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, 0, key)
+    def segment(self, n: int) -> bytes | None:
+        """Log segment `n` as bytes, None if there is none (the log is not one JSON value)."""
+        future = flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, 0, f"{self.log_key}.{n}")
         data = ffi.new("const void *[1]")
         size = ffi.new("size_t [1]")
         try:
             flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
             return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
+        except FileNotFoundError:
+            return None
         finally:
             flux.kvs.RAW.flux_future_destroy(future)
+
+    def watch_segment(self, n: int, appended: bool = True) -> RawWatch:
+        """A watch of log segment `n` that waits for it to exist.
+
+        appended: each response is what was appended since the last (the
+        first: the whole segment); else each response is the whole segment.
+        """
+        flags = flux.constants.FLUX_KVS_WATCH | flux.constants.FLUX_KVS_WAITCREATE
+        if appended:
+            flags |= flux.constants.FLUX_KVS_WATCH_APPEND
+        key = f"{self.log_key}.{n}"
+        return RawWatch(flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, flags, key))
+
+    def watch_finished(self) -> flux.kvs.KVSWatchFuture:
+        """A watch of the finished mark that waits for it to exist."""
+        return flux.kvs.kvs_watch_async(
+            self.h, self.finished_key, namespace=NAMESPACE, waitcreate=True
+        )
+
+    def discard_log(self) -> None:
+        """Start the stream afresh: no log, no finished mark."""
+        with self._txn() as txn:
+            txn.unlink(self.log_key)
+            txn.unlink(self.finished_key)
+
+    # The end of a stream.
+    def finished(self) -> dict[str, Any] | None:
+        """{"jobid", "stored", "last_id"} if the stream's datastore finished."""
+        return self._get_dict(self.finished_key)
+
+    def finish(self, jobid: int, stored: int, last_id: int) -> None:
+        """Mark the stream finished; drop the check-ins and this datastore's location.
+
+        The log stays, for consumers, until the stream is replaced or deleted.
+        """
+        txn = self._txn()
+        txn.put(self.finished_key, {"jobid": jobid, "stored": stored, "last_id": last_id})
+        txn.unlink(self.computes_key)
+        location = self.location()
+        if location is not None and location.get("jobid") == jobid:
+            txn.unlink(self.location_key)
+        txn.commit()
+
+    def delete(self) -> None:
+        """Remove the stream: its log, location, finished mark and check-ins."""
+        with self._txn() as txn:
+            for key in (self.log_key, self.location_key, self.finished_key, self.computes_key):
+                txn.unlink(key)
+            if self.stream != DEFAULT_STREAM:
+                txn.unlink(self.root)
+
+    # Computes.
+    def check_in(self, name: str, info: dict[str, Any]) -> None:
+        with self._txn() as txn:
+            txn.put(f"{self.computes_key}.{name}", info)
+
+    def _txn(self) -> flux.kvs.KVSTxn:
+        return flux.kvs.KVSTxn(self.h, namespace=NAMESPACE)
+
+    def _get_dict(self, key: str) -> dict[str, Any] | None:
+        try:
+            value = flux.kvs.get(self.h, key, namespace=NAMESPACE)
+        except FileNotFoundError:
+            return None
+        return value if isinstance(value, dict) else None

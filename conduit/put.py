@@ -75,7 +75,9 @@ def main(args: argparse.Namespace) -> int:
     objects = inputs(args)
     if not objects:
         raise ConduitError("no JSON object in the input; nothing was sent")
-    conduit = Conduit(producer=args.producer, timeout=args.timeout, batch=args.batch)
+    conduit = Conduit(
+        producer=args.producer, timeout=args.timeout, batch=args.batch, stream=args.stream
+    )
     start = time.monotonic()
     deadline = start + args.timeout  # for every packet, however long the sends wait
     sent = [conduit.send(obj, max(deadline - time.monotonic(), 0)) for obj in objects]

@@ -60,7 +60,7 @@ from conduit.client import (
     request_payload,
 )
 from conduit.errors import ConduitError
-from conduit.protocol import MAX_PACKETS_PER_PUT, PUT, RETRYABLE_ERRNOS
+from conduit.protocol import MAX_PACKETS_PER_PUT, RETRYABLE_ERRNOS
 
 if TYPE_CHECKING:
     from conduit.client import Conduit
@@ -364,7 +364,7 @@ class Sender:
     def _run(self, uri: str | None, ready: threading.Event) -> None:
         try:
             self._h = flux.Flux(uri) if uri else flux.Flux()
-            self._dir = kvsdir.ConduitDir(self._h)
+            self._dir = kvsdir.ConduitDir(self._h, self.conduit.stream)
             wake = self._h.fd_watcher_create(self._wake_r, self._event(self._on_wake))
             wake.start()
             self._linger_timer = self._h.timer_watcher_create(self.linger, self._event())
@@ -497,7 +497,7 @@ class Sender:
         self._stats.requests += 1
         payload = request_payload([p.payload for p in packets])
         try:
-            rpc = self._h.rpc(PUT, payload, nodeid=self._location.rank)
+            rpc = self._h.rpc(self.conduit.topic, payload, nodeid=self._location.rank)
         except OSError as exc:
             del self._requests[request]
             self._failed(request, exc)
@@ -506,7 +506,7 @@ class Sender:
 
     def _failed(self, request: Request, exc: OSError) -> None:
         """A request answered with an error: send it again later, or fail its packets."""
-        code, reason, problem = failure(exc, request.location)
+        code, reason, problem = failure(exc, request.location, self.conduit.stream)
         live = [p for p in request.packets if not p.settled]
         if code in RETRYABLE_ERRNOS:
             self._stats.retries += 1

@@ -1,12 +1,16 @@
-"""The datastore's state: the merged store and the packets behind it.
+"""The datastore's state: the store (every packet merged) and the log behind it.
 
-The KVS log (conduit.store) holds the batches exactly as the module sent
-them, one JSON line per batch: {"first", "last", "packets": [{"id",
-"data", "producer"?, "seq"?}, ...]}.  Appending the module's own text
-costs the datastore no re-encoding.  A line may repeat a (producer, seq)
-that an earlier line holds (a retried put); replaying the log keeps the
-first, as the live datastore did, so a restarted datastore rebuilds the
-same store.
+The stream's log in the KVS (conduit.log, conduit/kvsdir.py) holds the
+batches exactly as the module sent them, one JSON line per batch:
+{"first", "last", "packets": [{"id", "data", "producer"?, "seq"?}, ...]}.
+Appending the module's own text costs the datastore no re-encoding.  A
+line may repeat a (producer, seq) that an earlier line holds (a retried
+put); replaying the log keeps the first, as the live datastore did, so a
+restarted datastore rebuilds the same store.  A commit that holds such
+repeats starts with a line {"duplicates": [ids]} naming them, so that a
+consumer can skip them without remembering every (producer, seq).  A
+segment that is not the last ends with {"next": N}.  Packet ids grow
+along the log, across datastore restarts.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ class Store:
         self.data: dict[str, Any] = {}  # every stored packet merged, in order
         self.count = 0  # packets stored
         self.banner: dict[str, Any] = {}  # the test packet, shown first, never stored
+        self.last_id = TEST_ID  # the highest packet id in the log
         self._seen: set[tuple[str, int]] = set()
 
     def claim(self, packet: Packet) -> bool:
         """Reserve a packet's (producer, seq); False if the store has it."""
+        self.last_id = max(self.last_id, packet["id"])
         producer = packet.get("producer")
         if producer is None:
             return True
@@ -79,12 +85,24 @@ def log_line(batch_text: str) -> bytes:
     return batch_text.encode() + b"\n"
 
 
+def next_line(segment: int) -> bytes:
+    """The line that ends a log segment: where the log goes on."""
+    return json.dumps({"next": segment}).encode() + b"\n"
+
+
+def duplicates_line(ids: list[int]) -> bytes:
+    """The line that names a commit's repeated packets, written before its batches."""
+    return json.dumps({"duplicates": ids}, separators=(",", ":")).encode() + b"\n"
+
+
 def log_packets(blob: bytes) -> Iterator[Packet]:
     """The stored packets of a KVS log, in order (test packets left out)."""
     for number, line in enumerate(blob.splitlines(), start=1):
         if not line.strip():
             continue
         batch = json.loads(line)
+        if isinstance(batch, dict) and ("duplicates" in batch or "next" in batch):
+            continue  # replaying dedupes by (producer, seq) anyway; segments are joined
         if not isinstance(batch, dict) or not isinstance(batch.get("packets"), list):
             raise ValueError(f"line {number} of the store log is not a batch")
         for packet in batch["packets"]:

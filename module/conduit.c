@@ -23,8 +23,14 @@
  * that cannot decode it can still refuse it by id range.
  *
  * Nothing here blocks the broker: a slow datastore only makes the queue
- * longer, up to 'backlog' held packets or 'backlog_bytes' of their data,
- * after which puts fail with EAGAIN.
+ * longer, up to 'backlog_packets' held packets or 'backlog_bytes' of their
+ * data, after which puts fail with EAGAIN.
+ *
+ * Streams: the module serves one stream, and answers under the name it
+ * was loaded as (flux module load --name, "conduit" by default): its
+ * topics are <name>.put, <name>.attach, <name>.ack and <name>.stats-get
+ * (what `flux module stats <name>` reads).  One broker can hold a module
+ * per stream, each with its own name.
  *
  * Lifetime: the module serves one datastore.  When that datastore
  * disconnects (it exited, was cancelled or was killed), held puts fail
@@ -52,12 +58,13 @@
  * takes at most 69 bytes with 20-character ids.
  */
 #define BATCH_HEAD_ROOM 80
+#define TOPIC_SIZE 128 // a module name and a method
 
 static const size_t default_unacked_batches = 4;
 static const size_t default_max_data = 65536;
 static const size_t default_max_depth = 64;
 static const size_t max_max_depth = 2000; // jansson parses up to 2048
-static const size_t default_backlog = 65536;
+static const size_t default_backlog_packets = 65536;
 static const size_t default_backlog_bytes = 64 * 1024 * 1024;
 static const size_t max_batch_packets = 4096;
 static const size_t max_producer_chars = 256;
@@ -83,6 +90,12 @@ struct outbox {
 };
 
 static const char batch_tail[] = "]}";
+
+/* The answer to a put, {"id":N,"duplicate":B}, and to a batch put,
+ * {"packets":[{"id":N,"duplicate":B},...]}.
+ */
+static const char answer_head[] = "{\"packets\":[";
+static const char answer_item[] = "%s{\"id\":%" JSON_INTEGER_FORMAT ",\"duplicate\":%s}";
 
 /* A valid packet: its data text and, if numbered, its producer and seq.
  * The pointers are borrowed from the put request.
@@ -111,14 +124,26 @@ struct put_error {
     char text[PUT_ERRSTR_SIZE];
 };
 
+/* Topics of the handler table, made from the module's name.
+ */
+struct topics {
+    char put[TOPIC_SIZE];
+    char attach[TOPIC_SIZE];
+    char ack[TOPIC_SIZE];
+    char stats_get[TOPIC_SIZE];
+    char disconnect[TOPIC_SIZE];
+};
+
 struct conduit {
     flux_t *h;
     uint32_t rank;
+    const char *name;           // loaded as, e.g. conduit or conduit-metrics
+    struct topics topics;
     flux_msg_handler_t **handlers;
     size_t unacked_batches;     // most batches sent and not yet acknowledged
     size_t max_data;            // largest accepted "data" string, in bytes
     size_t max_depth;           // deepest accepted "data", in levels
-    size_t backlog;             // most packets held at once
+    size_t backlog_packets;     // most packets held at once
     size_t backlog_bytes;       // most data held at once, in bytes
     const flux_msg_t *attach;   // the datastore's streaming request, or NULL
     json_int_t datastore_jobid; // as the datastore declared it (0: not a job)
@@ -679,14 +704,14 @@ static int backlog_check (struct conduit *ctx,
                           size_t bytes,
                           struct put_error *e)
 {
-    if (count > ctx->backlog)
+    if (count > ctx->backlog_packets)
         return put_refuse (e,
                            EMSGSIZE,
                            -1,
                            "%zu packets can never fit the backlog of %zu "
-                           "packets (backlog=); send fewer per put",
+                           "packets (backlog-packets=); send fewer per put",
                            count,
-                           ctx->backlog);
+                           ctx->backlog_packets);
     if (bytes > ctx->backlog_bytes)
         return put_refuse (e,
                            EMSGSIZE,
@@ -695,7 +720,7 @@ static int backlog_check (struct conduit *ctx,
                            "%zu bytes (backlog-bytes=); send less per put",
                            bytes,
                            ctx->backlog_bytes);
-    if (ctx->held + count > ctx->backlog) {
+    if (ctx->held + count > ctx->backlog_packets) {
         snprintf (e->text,
                   sizeof (e->text),
                   "conduit: backlog full: %zu packets are waiting for the "
@@ -703,7 +728,7 @@ static int backlog_check (struct conduit *ctx,
                   "packets; retry later",
                   ctx->held,
                   count,
-                  ctx->backlog);
+                  ctx->backlog_packets);
         errno = EAGAIN;
         return -1;
     }
@@ -831,11 +856,17 @@ static void attach_cb (flux_t *h,
 {
     struct conduit *ctx = arg;
     json_int_t jobid = 0;
+    json_int_t first_id = 1;
     flux_error_t error;
     static const char test[] = "{\"test\":101}";
     struct packet pk = { .data = test, .datalen = sizeof (test) - 1 };
 
-    if (flux_request_unpack (msg, NULL, "{s?I}", "jobid", &jobid) < 0) {
+    if (flux_request_unpack (msg,
+                             NULL,
+                             "{s?I s?I}",
+                             "jobid", &jobid,
+                             "first_id", &first_id) < 0
+        || first_id < 1) {
         errprintf (&error, "conduit.attach: bad payload");
         goto error;
     }
@@ -855,6 +886,8 @@ static void attach_cb (flux_t *h,
     }
     ctx->attach = flux_msg_incref (msg);
     ctx->datastore_jobid = jobid;
+    if (first_id > ctx->next_id)
+        ctx->next_id = first_id; // ids go on from the stream's log
     flux_log (h,
               LOG_INFO,
               "datastore %" JSON_INTEGER_FORMAT " attached",
@@ -983,50 +1016,49 @@ static const char *ack_refusal (json_t *refused, const struct held_put *p)
 }
 
 /* Answer an acknowledged put with each packet's id and duplicate flag.
+ * The answer is written as text, as the batches are: a batch put of
+ * thousands of packets would otherwise cost a jansson object for each.
  */
 static void respond_stored (struct conduit *ctx,
                             const struct held_put *p,
                             json_t *dups,
                             size_t *d)
 {
-    json_t *results = NULL;
-    json_t *result;
+    // {"id":<20 digits>,"duplicate":false}, and a comma
+    size_t size = p->count * (sizeof (answer_item) + 20) + sizeof (answer_head) + 3;
+    char *text;
+    size_t len = 0;
     bool dup = false;
 
-    if (p->batch && !(results = json_array ()))
-        goto nomem;
+    if (!(text = malloc (size))) {
+        respond_error (ctx,
+                       p->msg,
+                       ENOMEM,
+                       "conduit: out of memory answering this put; its packets "
+                       "are stored",
+                       "conduit.put");
+        return;
+    }
+    if (p->batch)
+        len += snprintf (text, size, "%s", answer_head);
     for (size_t i = 0; i < p->count; i++) {
         json_int_t id = p->first + (json_int_t)i;
         if ((dup = ack_is_duplicate (dups, d, id)))
             ctx->duplicates++;
         else
             ctx->stored++;
-        if (!results)
-            continue;
-        if (!(result = json_pack ("{s:I s:b}", "id", id, "duplicate", dup))
-            || json_array_append_new (results, result) < 0)
-            goto nomem;
+        len += snprintf (text + len,
+                         size - len,
+                         answer_item,
+                         i > 0 ? "," : "",
+                         id,
+                         dup ? "true" : "false");
     }
-    if (results) {
-        if (flux_respond_pack (ctx->h, p->msg, "{s:o}", "packets", results) < 0)
-            flux_log_error (ctx->h, "error responding to conduit.put");
-        return;
-    }
-    if (flux_respond_pack (ctx->h,
-                           p->msg,
-                           "{s:I s:b}",
-                           "id", p->first,
-                           "duplicate", dup) < 0)
+    if (p->batch)
+        len += snprintf (text + len, size - len, "]}");
+    if (flux_respond (ctx->h, p->msg, text) < 0)
         flux_log_error (ctx->h, "error responding to conduit.put");
-    return;
-nomem:
-    json_decref (results);
-    respond_error (ctx,
-                   p->msg,
-                   ENOMEM,
-                   "conduit: out of memory answering this put; its packets "
-                   "are stored",
-                   "conduit.put");
+    free (text);
 }
 
 /* conduit.ack: the datastore is done with every packet up to "upto", the
@@ -1069,6 +1101,13 @@ static void ack_cb (flux_t *h,
     }
     if (ack_check (ctx, upto, dups, refused, &error) < 0)
         goto error;
+    // the next batch leaves first, so that the datastore has it sooner
+    while (ctx->batches > 0 && ctx->batch_last[0] <= upto) {
+        memmove (ctx->batch_last,
+                 ctx->batch_last + 1,
+                 sizeof (ctx->batch_last[0]) * --ctx->batches);
+    }
+    outbox_flush (ctx);
     while (ctx->head && held_put_last (ctx->head) <= upto) {
         p = held_pop (ctx);
         if ((why = ack_refusal (refused, p))) {
@@ -1084,12 +1123,6 @@ static void ack_cb (flux_t *h,
             respond_stored (ctx, p, dups, &d);
         held_put_destroy (p);
     }
-    while (ctx->batches > 0 && ctx->batch_last[0] <= upto) {
-        memmove (ctx->batch_last,
-                 ctx->batch_last + 1,
-                 sizeof (ctx->batch_last[0]) * --ctx->batches);
-    }
-    outbox_flush (ctx);
     if (flux_respond (h, msg, NULL) < 0)
         flux_log_error (h, "error responding to conduit.ack");
     return;
@@ -1098,7 +1131,7 @@ error:
     respond_error (ctx, msg, errno, error.text, "conduit.ack");
 }
 
-/* conduit.stats: the module's counters and limits.
+/* <name>.stats-get: the module's counters and limits.
  */
 static void stats_cb (flux_t *h,
                       flux_msg_handler_t *mh,
@@ -1109,20 +1142,27 @@ static void stats_cb (flux_t *h,
 
     if (flux_respond_pack (h,
                            msg,
-                           "{s:i s:b s:I s:I s:I s:I s:I s:I s:I s:I s:I s:s}",
+                           "{s:s s:i s:b s:I s:I s:I s:I s:I s:I s:I s:I s:I"
+                           " s:I s:I s:I s:I s:I s:s}",
+                           "name", ctx->name,
                            "rank", (int)ctx->rank,
                            "attached", ctx->attach ? 1 : 0,
                            "datastore", ctx->datastore_jobid,
                            "held", (json_int_t)ctx->held,
+                           "held_bytes", (json_int_t)ctx->held_bytes,
                            "queued", (json_int_t)ctx->outbox.count,
+                           "unacked_batches", (json_int_t)ctx->batches,
                            "received", ctx->received,
                            "stored", ctx->stored,
                            "duplicates", ctx->duplicates,
                            "rejected", ctx->rejected,
+                           "last_id", ctx->next_id - 1,
                            "max_data", (json_int_t)ctx->max_data,
                            "max_depth", (json_int_t)ctx->max_depth,
+                           "backlog_packets", (json_int_t)ctx->backlog_packets,
+                           "backlog_bytes", (json_int_t)ctx->backlog_bytes,
                            "flux_version", FLUX_CORE_VERSION_STRING) < 0)
-        flux_log_error (h, "error responding to conduit.stats");
+        flux_log_error (h, "error responding to %s", ctx->topics.stats_get);
 }
 
 /* conduit.disconnect: a client went away.  If it was the datastore, the
@@ -1205,8 +1245,14 @@ static int conduit_parse_args (struct conduit *ctx,
                              max_max_depth,
                              &ctx->max_depth,
                              error);
-        else if (strstarts (argv[i], "backlog="))
-            rc = parse_size (argv[i], value, 1, SIZE_MAX, &ctx->backlog, error);
+        else if (strstarts (argv[i], "backlog-packets=")
+                 || strstarts (argv[i], "backlog=")) // deprecated name
+            rc = parse_size (argv[i],
+                             value,
+                             1,
+                             SIZE_MAX,
+                             &ctx->backlog_packets,
+                             error);
         else if (strstarts (argv[i], "backlog-bytes="))
             rc = parse_size (argv[i],
                              value,
@@ -1224,7 +1270,7 @@ static int conduit_parse_args (struct conduit *ctx,
         else {
             errprintf (error,
                        "%s: unknown argument; the conduit takes "
-                       "max-data=BYTES, max-depth=1..%zu, backlog=PUTS, "
+                       "max-data=BYTES, max-depth=1..%zu, backlog-packets=N, "
                        "backlog-bytes=BYTES, unacked-batches=1..%d",
                        argv[i],
                        max_max_depth,
@@ -1265,34 +1311,63 @@ static int check_broker_version (flux_t *h, flux_error_t *error)
     return 0;
 }
 
-static const struct flux_msg_handler_spec htab[] = {
-    { .typemask     = FLUX_MSGTYPE_REQUEST,
-      .topic_glob   = "conduit.put",
-      .cb           = put_cb,
-      .rolemask     = FLUX_ROLE_OWNER
-    },
-    { .typemask     = FLUX_MSGTYPE_REQUEST,
-      .topic_glob   = "conduit.attach",
-      .cb           = attach_cb,
-      .rolemask     = FLUX_ROLE_OWNER
-    },
-    { .typemask     = FLUX_MSGTYPE_REQUEST,
-      .topic_glob   = "conduit.ack",
-      .cb           = ack_cb,
-      .rolemask     = FLUX_ROLE_OWNER
-    },
-    { .typemask     = FLUX_MSGTYPE_REQUEST,
-      .topic_glob   = "conduit.stats",
-      .cb           = stats_cb,
-      .rolemask     = FLUX_ROLE_OWNER
-    },
-    { .typemask     = FLUX_MSGTYPE_REQUEST,
-      .topic_glob   = "conduit.disconnect",
-      .cb           = disconnect_cb,
-      .rolemask     = FLUX_ROLE_OWNER
-    },
-    FLUX_MSGHANDLER_TABLE_END,
-};
+/* The handler table, with its topics made from the module's name.
+ */
+static int handlers_add (struct conduit *ctx)
+{
+    struct topics *t = &ctx->topics;
+    const struct {
+        char *topic;
+        const char *method;
+    } names[] = {
+        { t->put, "put" },
+        { t->attach, "attach" },
+        { t->ack, "ack" },
+        { t->stats_get, "stats-get" },
+        { t->disconnect, "disconnect" },
+    };
+    for (size_t i = 0; i < sizeof (names) / sizeof (names[0]); i++) {
+        int n = snprintf (names[i].topic,
+                          TOPIC_SIZE,
+                          "%s.%s",
+                          ctx->name,
+                          names[i].method);
+        if (n < 0 || n >= TOPIC_SIZE) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+    }
+    const struct flux_msg_handler_spec htab[] = {
+        { .typemask     = FLUX_MSGTYPE_REQUEST,
+          .topic_glob   = t->put,
+          .cb           = put_cb,
+          .rolemask     = FLUX_ROLE_OWNER
+        },
+        { .typemask     = FLUX_MSGTYPE_REQUEST,
+          .topic_glob   = t->attach,
+          .cb           = attach_cb,
+          .rolemask     = FLUX_ROLE_OWNER
+        },
+        { .typemask     = FLUX_MSGTYPE_REQUEST,
+          .topic_glob   = t->ack,
+          .cb           = ack_cb,
+          .rolemask     = FLUX_ROLE_OWNER
+        },
+        // added after the broker's default stats-get, so it matches first
+        { .typemask     = FLUX_MSGTYPE_REQUEST,
+          .topic_glob   = t->stats_get,
+          .cb           = stats_cb,
+          .rolemask     = FLUX_ROLE_OWNER
+        },
+        { .typemask     = FLUX_MSGTYPE_REQUEST,
+          .topic_glob   = t->disconnect,
+          .cb           = disconnect_cb,
+          .rolemask     = FLUX_ROLE_OWNER
+        },
+        FLUX_MSGHANDLER_TABLE_END,
+    };
+    return flux_msg_handler_addvec (ctx->h, htab, ctx, &ctx->handlers);
+}
 
 static void conduit_destroy (struct conduit *ctx)
 {
@@ -1324,13 +1399,15 @@ static struct conduit *conduit_create (flux_t *h)
     ctx->unacked_batches = default_unacked_batches;
     ctx->max_data = default_max_data;
     ctx->max_depth = default_max_depth;
-    ctx->backlog = default_backlog;
+    ctx->backlog_packets = default_backlog_packets;
     ctx->backlog_bytes = default_backlog_bytes;
     ctx->next_id = 1;
     ctx->sent_upto = -1;
+    if (!(ctx->name = flux_aux_get (h, "flux::name")))
+        ctx->name = "conduit";
     if (outbox_init (&ctx->outbox) < 0
         || flux_get_rank (h, &ctx->rank) < 0
-        || flux_msg_handler_addvec (h, htab, ctx, &ctx->handlers) < 0)
+        || handlers_add (ctx) < 0)
         goto error;
     return ctx;
 error:

@@ -102,3 +102,16 @@ def while_stopped(inst: Instance, code: str) -> Any:
     finally:
         inst.flux("job", "kill", "--signal=SIGCONT", ds)
         stop(inst, ds)
+
+
+def start_datastore(inst: Instance, stream: str, *args: str, rank: int) -> str:
+    """Submit a datastore of `stream` on `rank` and wait until it serves; its job id."""
+    jobid = inst.submit("datastore", "--stream", stream, *args, rank=rank)
+    inst.wait_datastore(jobid, stream=stream)
+    return jobid
+
+
+def module_stats(inst: Instance, name: str, rank: int) -> dict[str, Any]:
+    """`flux module stats NAME` on `rank`, as a user types it."""
+    done = inst.flux("exec", "-r", str(rank), "flux", "module", "stats", name)
+    return dict(json.loads(done.stdout))

@@ -193,12 +193,15 @@ class Instance(ABC):
                                done.stderr)  # fmt: skip
         return output.parse(done.stdout)
 
-    def wait_datastore(self, jobid: str, timeout: float = 60) -> dict[str, Any]:
-        """Wait until datastore `jobid` has published its location; the location."""
+    def wait_datastore(
+        self, jobid: str, timeout: float = 60, stream: str | None = None
+    ) -> dict[str, Any]:
+        """Wait until datastore `jobid` has published its location (of `stream`); the location."""
         want = int(self.flux("job", "id", "--to=dec", jobid).stdout)
+        key = f"conduit.streams.{stream}.datastore" if stream else "conduit.datastore"
 
         def published() -> dict[str, Any] | None:
-            got = self.flux("kvs", "get", "conduit.datastore", check=False)
+            got = self.flux("kvs", "get", key, check=False)
             location = json.loads(got.stdout) if got.returncode == 0 else {}
             return location if location.get("jobid") == want else None
 
@@ -218,10 +221,10 @@ class Instance(ABC):
         """`conduit store`: {"packets", "segments", "store"}."""
         return dict(json.loads(self.conduit("store").stdout))
 
-    def stats(self, rank: int) -> dict[str, Any]:
-        """The conduit module's counters on `rank`."""
+    def stats(self, rank: int, name: str = "conduit") -> dict[str, Any]:
+        """The counters of the conduit module `name` on `rank` (what `flux module stats` reads)."""
         code = (
-            "import flux, json, sys; "
-            "print(json.dumps(flux.Flux().rpc('conduit.stats', nodeid=int(sys.argv[1])).get()))"
+            "import flux, json, sys; print(json.dumps(flux.Flux().rpc("
+            "sys.argv[2] + '.stats-get', nodeid=int(sys.argv[1])).get()))"
         )
-        return dict(json.loads(self.python(code, str(rank)).stdout))
+        return dict(json.loads(self.python(code, str(rank), name).stdout))

@@ -10,7 +10,7 @@ from typing import Any
 
 from conduit.testbed.errors import TestbedError
 
-COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1", "loop": "C3"}
+COLORS = {"conduit": "C0", "batched": "C2", "raw": "C1", "loop": "C3", "follow": "C4"}
 
 
 def require_matplotlib() -> None:
@@ -39,6 +39,7 @@ def plot(results: dict[str, Any], path: str) -> None:
         thr.plot(ps, [r["per_second"] for r in runs], "o-", color=color, label=kind)
         lat.plot(ps, [r["p50_ms"] for r in runs], "o-", color=color, label=f"{kind} p50")
         lat.plot(ps, [r["p99_ms"] for r in runs], "o:", color=color, label=f"{kind} p99")
+    consumer_line(thr, results)
     c = results["config"]
     thr.set(xlabel="producers (P)", ylabel="packets/s", title=f"throughput, S={c['size']} B")
     lat.set(xlabel="producers (P)", ylabel="ms", title="latency, put to stored")
@@ -64,3 +65,12 @@ def main(args: argparse.Namespace) -> int:
     plot(results, args.png)
     print(f"plot: {args.png}")
     return 0
+
+
+def consumer_line(ax: Any, results: dict[str, Any]) -> None:
+    """The consumer's rate, following the batched path, on the throughput axes."""
+    consumer = results.get("consumer") or {}
+    if consumer:
+        ps = sorted(consumer, key=int)
+        rates = [consumer[p]["per_second"] for p in ps]
+        ax.plot([int(p) for p in ps], rates, "s--", color="C3", label="consumer (follow)")

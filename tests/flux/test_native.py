@@ -137,7 +137,7 @@ def test_cancelled_datastore_is_resumed_by_the_next(flux_instance: NativeInstanc
     flux_instance.flux("cancel", first)
     cancelled = flux_instance.wait_output(first)
     assert cancelled.returncode != 0
-    assert "packets stay in KVS conduit.store" in cancelled.stdout
+    assert "packets stay in KVS conduit.log" in cancelled.stdout
     assert not flux_instance.module_loaded(2)
 
     second = flux_instance.submit("datastore", "--packets", "5", rank=2)
@@ -183,7 +183,7 @@ for f in puts[:3]:
     except TimeoutError:
         out["held_pending"].append(True)
 out["ping"] = "route" in h.rpc("broker.ping", {}).get()
-out["held"] = h.rpc("conduit.stats").get()["held"]
+out["held"] = h.rpc("conduit.stats-get").get()["held"]
 h.rpc("module.remove", {"name": "conduit", "cancel": False}).get()
 out["after_unload"] = []
 for f in puts[:3]:

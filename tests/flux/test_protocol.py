@@ -122,7 +122,7 @@ out = {
     "packets": put(batch(1, 1, 1)),
     "bytes": put(batch(980)),
     "never": put(batch(*[1] * 6)),
-    "held": h.rpc("conduit.stats").get()["held"],
+    "held": h.rpc("conduit.stats-get").get()["held"],
 }
 h.rpc("conduit.ack", {"upto": 99}, flags=flux.constants.FLUX_RPC_NORESPONSE)
 h.rpc("module.remove", {"name": "conduit", "cancel": False}).get()
