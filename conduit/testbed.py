@@ -60,6 +60,10 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 # The limits Podman needs where its defaults exceed the host's (see the file).
 PODMAN_CONF = REPO / "docker" / "podman-containers.conf"
 PODMAN_IDLE = 600  # seconds without a request before the Podman service we start exits
+# The shared directory (/data on every node) and the site's own broker config
+# (/etc/flux/site, read-only), by default; DATA= and SITE_CONFIG= name others.
+DATA = REPO / "data"
+SITE_CONFIG = REPO / "docker" / "site.d"
 # A broker's time to shut down cleanly (rank 0 dumps its KVS), as stop_grace_period
 # says; given to every compose command that stops containers (see Testbed.restart).
 STOP_TIMEOUT = "60"
@@ -75,6 +79,7 @@ BUILD_INPUTS = (
     "docker/healthcheck.sh",
     "docker/watchdog.py",
     "docker/system.toml.in",
+    "docker/imp.toml",
 )
 
 HEADER = """\
@@ -90,10 +95,18 @@ x-node: &node
   init: true
   restart: on-failure
   stop_grace_period: 60s
+  working_dir: /data
   environment:
     SIZE: "{size}"
+    SITE_HASH: "${{CONDUIT_SITE_HASH:-}}"
+    # The image's MPICH (ch4:ucx) hangs in containers with UCX's shared-memory
+    # transports; TCP works within and across nodes.  Jobs inherit it.
+    UCX_TLS: tcp,self
   volumes:
     - curve:/etc/flux/curve
+    - munge:/etc/munge
+    - ${{CONDUIT_DATA:-{context}/data}}:/data
+    - ${{CONDUIT_SITE:-{context}/docker/site.d}}:/etc/flux/site:ro
 
 services:
   node0:
@@ -106,6 +119,9 @@ services:
         BASE_IMAGE: ${{BASE_IMAGE:-{base}}}
     volumes:
       - curve:/etc/flux/curve
+      - munge:/etc/munge
+      - ${{CONDUIT_DATA:-{context}/data}}:/data
+      - ${{CONDUIT_SITE:-{context}/docker/site.d}}:/etc/flux/site:ro
       - state:/var/lib/flux
 """
 
@@ -131,6 +147,7 @@ FOOTER = """\
 
 volumes:
   curve: {{}}
+  munge: {{}}
   state: {{}}
 """
 
@@ -329,6 +346,48 @@ def check_size(nodes: int, size: int) -> None:
         )
 
 
+def prepare_data(path: Path) -> None:
+    """The shared directory, made if missing, writable by the nodes' users.
+
+    The nodes' users (fluxuser, alice, bob) have uids of the image, not
+    the host user's (root in CI, 501 on a laptop), so the directory is
+    world-writable with the sticky bit, as /tmp: mode 1777, which the
+    testbed gives a directory it makes.
+
+    Raises:
+        TestbedError: an existing directory that others cannot write.
+    """
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(0o1777)
+        return
+    if not path.is_dir():
+        raise TestbedError(f"DATA={path}: not a directory; give DATA=a directory")
+    mode = path.stat().st_mode & 0o7777
+    if not mode & 0o002:
+        raise TestbedError(
+            f"DATA={path}: the nodes' users (fluxuser, alice, bob; uids of the image) cannot "
+            f"write there (mode {mode:04o}); `chmod 1777 {path}` lets them, as in /tmp"
+        )
+
+
+# A broker's log line of an error: "<time> job-manager.err[0]: text" -> job-manager, text.
+BROKER_ERROR = re.compile(r"^(?:.*\s)?([\w-]+)\.(?:emerg|alert|crit|err)\[[^]]*\]: (.*)$")
+
+
+def site_files(path: Path) -> list[Path]:
+    """The site's broker config files (*.toml), in the order the broker reads them."""
+    return sorted(path.glob("*.toml")) if path.is_dir() else []
+
+
+def site_hash(path: Path) -> str:
+    """A hash of the site config: when it changes, `up` recreates the nodes to apply it."""
+    digest = hashlib.sha256()
+    for file in site_files(path):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def parse_idset(text: str) -> list[int]:
     """The ranks of an RFC 22 idset such as 0-2,5 ("" is empty)."""
     ranks: list[int] = []
@@ -411,6 +470,8 @@ class Testbed:
     say: Callable[[str], None] = _say
     quiet: bool = False  # capture the output of builds and `up` instead of showing it
     engine: Engine = Engine()
+    data: Path = DATA  # /data on every node
+    site: Path = SITE_CONFIG  # the site's broker config, /etc/flux/site
     connected: bool = field(default=False, init=False, repr=False)
 
     # -- running compose ---------------------------------------------------
@@ -427,7 +488,14 @@ class Testbed:
             self.connected = True
 
     def env(self, image: str | None = None) -> dict[str, str]:
-        return {**os.environ, **self.engine.env(), "CONDUIT_IMAGE": image or self.image_ref}
+        return {
+            **os.environ,
+            **self.engine.env(),
+            "CONDUIT_IMAGE": image or self.image_ref,
+            "CONDUIT_DATA": str(self.data.resolve()),
+            "CONDUIT_SITE": str(self.site.resolve()),
+            "CONDUIT_SITE_HASH": site_hash(self.site),
+        }
 
     def command(self, *args: str) -> list[str]:
         return [*self.compose, "-p", self.project, "-f", str(self.file), *args]
@@ -546,6 +614,37 @@ class Testbed:
             self.run("build", "node0", timeout=timeout, show=True)
         return ref
 
+    # -- the site ----------------------------------------------------------
+
+    def check_site(self, image: str, size: int, timeout: float = 120) -> None:
+        """The site config, as the broker reads it, before any node uses it.
+
+        A rank 0 with the nodes' config (the generated one, then the site's
+        files) starts and stops in a container of its own without a
+        network (`conduit-node --check`), so the running cluster is not
+        touched.
+
+        Raises:
+            TestbedError: the broker refused the config; its own error.
+        """
+        if not site_files(self.site):
+            return
+        done = self._engine(
+            "run", "--rm", "--network", "none", "--hostname", "node0",
+            "--env", f"SIZE={size}", "--volume", f"{self.site.resolve()}:/etc/flux/site:ro",
+            image, "--check", timeout=timeout,
+        )  # fmt: skip
+        if done.returncode == 0:
+            return
+        said = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        errors = [line for line in said if BROKER_ERROR.match(line)] or said
+        why = errors[0] if errors else f"exit status {done.returncode}"
+        why = BROKER_ERROR.sub(r"\1: \2", why).replace("/etc/flux/conduit/", f"{self.site}/")
+        raise TestbedError(
+            f"the site config in {self.site} is refused: {why}; fix it and run `make up` "
+            "again (the running cluster, if any, is unchanged)"
+        )
+
     # -- the instance ------------------------------------------------------
 
     def probe(self, timeout: float = 30) -> Probe | None:
@@ -581,6 +680,20 @@ class Testbed:
                     f"not ready after {timeout:g}s: {state}; `make logs` shows the brokers' logs"
                 )
             time.sleep(0.5)
+
+    def node_env(self, service: str, name: str) -> str | None:
+        """The value of environment variable `name` in the container of `service`, if any."""
+        container = self.containers().get(service, {}).get("Name")
+        if not container:
+            return None
+        done = self._engine("inspect", "--format", "{{json .Config.Env}}", str(container))
+        if done.returncode != 0:
+            return None
+        for item in json.loads(done.stdout or "[]"):
+            key, _, value = str(item).partition("=")
+            if key == name:
+                return value
+        return None
 
     def running_jobs(self) -> int:
         done = self.run(
@@ -620,8 +733,10 @@ class Testbed:
         before = self.containers()
         services = [f"node{k}" for k in range(nodes)] + ["watchdog"]
         old_size = self.file_size() if before else None
+        prepare_data(self.data)
         self.write_file(size)
         image = self.ensure_image()
+        self.check_site(image, size)
         if before:
             replaced = self.will_recreate(services, image)
             if replaced and any(e.get("State") == "running" for e in before.values()):
@@ -631,6 +746,8 @@ class Testbed:
                     why.append(f"size {old_size} -> {size}")
                 if old_image and old_image != image:
                     why.append(f"image {old_image} -> {image}")
+                if self.node_env("node0", "SITE_HASH") not in (None, site_hash(self.site)):
+                    why.append(f"the site config in {self.site} changed")
                 self.say(
                     f"up: replacing the running instance {self.project} "
                     f"({', '.join(why) or 'its compose file changed'}): "
@@ -645,7 +762,10 @@ class Testbed:
             "up", "--detach", "--no-build", "--remove-orphans", *services,
             timeout=timeout, show=True, image=image,
         )  # fmt: skip
-        return self.wait_ready(nodes, timeout, start)
+        ready = self.wait_ready(nodes, timeout, start)
+        if site_files(self.site):  # named queues start stopped; a site's admin starts them
+            self.run("exec", "-T", "node0", "flux", "queue", "start", "--all", check=False)
+        return ready
 
     def scale(self, nodes: int, timeout: float) -> Ready:
         """Start or stop nodes of the running instance, without restarting it."""
@@ -685,6 +805,9 @@ class Testbed:
         nodes = self.started_nodes()
         if nodes == 0:
             raise TestbedError(f"no testbed {self.project}; `make up` starts one")
+        node0 = self.running().get("node0")
+        if node0:  # the brokers read the site config again as they start
+            self.check_site(str(node0["Image"]), self.file_size() or nodes)
         start = time.monotonic()
         # The timeout is explicit: Podman's Docker API kills at once on a restart
         # without one, where Docker waits stop_grace_period; rank 0 would not dump.
@@ -704,7 +827,15 @@ def project_testbed(args: argparse.Namespace) -> Testbed:
     file = REPO / "build" / args.project / "compose.yaml"
     image = args.image or None
     engine = Engine.named(args.engine, args.engine_socket)
-    return Testbed(args.project, file, compose=args.compose.split(), image=image, engine=engine)
+    return Testbed(
+        args.project,
+        file,
+        compose=args.compose.split(),
+        image=image,
+        engine=engine,
+        data=Path(args.data or DATA).absolute(),
+        site=Path(args.site_config or SITE_CONFIG).absolute(),
+    )
 
 
 def remembered_nodes(tb: Testbed) -> int | None:
@@ -847,6 +978,16 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="the engine's API socket (ENGINE_SOCKET; default: Docker's, or Podman's own "
         f"for the testbed, {podman_socket()})",
+    )
+    p.add_argument(
+        "--data",
+        default="",
+        help=f"the shared directory, /data on every node (DATA; default {DATA})",
+    )
+    p.add_argument(
+        "--site-config",
+        default="",
+        help=f"the site's broker config files, *.toml (SITE_CONFIG; default {SITE_CONFIG})",
     )
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -111,9 +111,14 @@ class ComposeCluster(FluxRunner):
     file: Path
     size: int = 0  # the instance's size; 0: as many as nodes
     engine: testbed.Engine = testbed.Engine()
+    data: Path | None = None  # the shared /data (DATA); None: data/ beside the file
+    site: Path | None = None  # the site config (SITE_CONFIG); None: site.d/ beside the file
 
     def __post_init__(self) -> None:
         self.size = self.size or self.nodes
+        self.data = self.data or self.file.parent / "data"
+        self.site = self.site or self.file.parent / "site.d"
+        self.site.mkdir(parents=True, exist_ok=True)
 
     @functools.cached_property
     def testbed(self) -> testbed.Testbed:
@@ -124,6 +129,8 @@ class ComposeCluster(FluxRunner):
             compose=[*COMPOSE, "--ansi", "never"],
             quiet=True,
             engine=self.engine,
+            data=self.data or testbed.DATA,
+            site=self.site or testbed.SITE_CONFIG,
         )
 
     @property
@@ -136,9 +143,10 @@ class ComposeCluster(FluxRunner):
         """`docker compose` for this project and file."""
         return self.testbed.command()
 
-    def command(self, *argv: str, node: str | None = None) -> list[str]:
-        """`docker compose exec -T NODE ARGV...` (node0 by default), as a user on the host."""
-        return [*self.base, "exec", "-T", node or "node0", *argv]
+    def command(self, *argv: str, node: str | None = None, user: str | None = None) -> list[str]:
+        """`docker compose exec -T [-u USER] NODE ARGV...` (node0 by default), as on the host."""
+        who = ["-u", user] if user else []
+        return [*self.base, "exec", "-T", *who, node or "node0", *argv]
 
     @property
     def names(self) -> list[str]:
@@ -179,6 +187,11 @@ class ComposeCluster(FluxRunner):
         return self.testbed.wait_ready(self.nodes, timeout)
 
     def down(self) -> None:
+        # What the nodes' users wrote to /data (the host user may not remove it).
+        self.compose(
+            "exec", "-T", "node0", "sudo", "-n", "find", "/data", "-mindepth", "1", "-delete",
+            check=False, timeout=60,
+        )  # fmt: skip
         self.compose(
             "down", "--volumes", "--remove-orphans", "--timeout", "60", check=False, timeout=300
         )

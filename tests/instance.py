@@ -34,7 +34,9 @@ class FluxInstance(FluxRunner):
         self.env = self.environment(uri)
         self._proc = proc  # our own `flux start`, or None
 
-    def command(self, *argv: str, node: str | None = None) -> list[str]:
+    def command(self, *argv: str, node: str | None = None, user: str | None = None) -> list[str]:
+        if user:
+            raise ValueError(f"a native instance runs commands as its owner, not as {user}")
         return list(argv)
 
     @classmethod

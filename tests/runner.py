@@ -60,8 +60,11 @@ class FluxRunner(ABC):
     size: int
 
     @abstractmethod
-    def command(self, *argv: str, node: str | None = None) -> list[str]:
-        """The command line that runs `argv` in the instance (on `node`, where that matters)."""
+    def command(self, *argv: str, node: str | None = None, user: str | None = None) -> list[str]:
+        """The command line that runs `argv` in the instance (on `node`, where that matters).
+
+        `user`: as this user instead of the instance owner, where the runner can.
+        """
 
     env: Mapping[str, str] | None = None  # the environment `command()` runs in
 
@@ -72,8 +75,9 @@ class FluxRunner(ABC):
         check: bool = True,
         timeout: float = 120,
         input: str | None = None,
+        user: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        full = self.command(*argv, node=node)
+        full = self.command(*argv, node=node, user=user)
         done = subprocess.run(
             full,
             env=self.env,
