@@ -99,8 +99,8 @@ x-node: &node
   environment:
     SIZE: "{size}"
     SITE_HASH: "${{CONDUIT_SITE_HASH:-}}"
-    # The image's MPICH (ch4:ucx) hangs in containers with UCX's shared-memory
-    # transports; TCP works within and across nodes.  Jobs inherit it.
+    # The image's MPICH (ch4:ucx) is slow to start or hangs in containers with
+    # UCX's shared-memory transports; TCP works within and across nodes.
     UCX_TLS: tcp,self
   volumes:
     - curve:/etc/flux/curve

@@ -27,7 +27,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,17 +262,24 @@ class ComposeCluster(FluxRunner):
 
 @contextmanager
 def running_cluster(
-    nodes: int, keep: bool = False, size: int = 0, engine: testbed.Engine | None = None
+    nodes: int,
+    keep: bool = False,
+    size: int = 0,
+    engine: testbed.Engine | None = None,
+    site_files: Sequence[Path] = (),
 ) -> Iterator[ComposeCluster]:
     """Up for the block, down after it (also on failure and Ctrl-C) unless `keep`.
 
     The instance holds `size` nodes (default: `nodes`); its compose file is
-    written by conduit.testbed into a directory of its own.  `engine`:
-    the one of ENGINE by default.
+    written by conduit.testbed into a directory of its own, beside its
+    shared directory (data/) and its site config (site.d/, which starts
+    with copies of `site_files`).  `engine`: the one of ENGINE by default.
     """
     file = Path(tempfile.mkdtemp(prefix="conduit-compose-")) / "compose.yaml"
     project = f"conduit-test-{secrets.token_hex(4)}"
     cluster = ComposeCluster(project, nodes, file, size, engine or chosen_engine())
+    for path in site_files:
+        shutil.copy(path, file.parent / "site.d" / path.name)
     try:
         cluster.up()
         yield cluster

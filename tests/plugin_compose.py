@@ -12,8 +12,9 @@ of its nodes go into the test report.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,7 +52,7 @@ NewCluster = Callable[..., AbstractContextManager[ComposeCluster]]
 
 
 def cluster_maker(config: pytest.Config, engine: testbed.Engine | None = None) -> NewCluster:
-    """`with make(nodes, size=0) as cluster:` a testbed of its own for the block.
+    """`with make(nodes, size=0, site_files=()) as cluster:` a testbed of its own for the block.
 
     On `engine`, by default the one of ENGINE.
     """
@@ -62,8 +63,10 @@ def cluster_maker(config: pytest.Config, engine: testbed.Engine | None = None) -
     keep = bool(config.getoption("--keep-cluster"))
 
     @contextmanager
-    def make(nodes: int, size: int = 0) -> Iterator[ComposeCluster]:
-        with running_cluster(nodes, keep, size, engine) as cluster:
+    def make(
+        nodes: int, size: int = 0, site_files: Sequence[Path] = ()
+    ) -> Iterator[ComposeCluster]:
+        with running_cluster(nodes, keep, size, engine, site_files) as cluster:
             yield cluster
         if keep:
             env = "".join(f"{k}={v} " for k, v in engine.env().items() if k == "DOCKER_HOST")
