@@ -12,7 +12,10 @@ MODULE = module/conduit.so
 # remembered per PROJECT in build/PROJECT/ until `make down`.  COMPOSE is the
 # compose command; ENGINE, the engine under it: docker, or podman (Compose v2
 # against Podman's Docker-compatible API, started by `make up` if need be);
-# IMAGE, a published image to run instead of building one.
+# IMAGE, a published image to run instead of building one.  DATA is the
+# shared directory (/data on every node; default data/), SITE_CONFIG the
+# site's broker config files (default docker/site.d/); both are read by
+# every `make up`.
 COMPOSE ?= docker compose
 ENGINE ?= docker
 ENGINE_SOCKET ?=
@@ -20,6 +23,9 @@ PROJECT ?= flux-conduit
 NODES ?=
 MAX_NODES ?=
 IMAGE ?=
+DATA ?=
+SITE_CONFIG ?=
+AS ?=
 KEEP_STATE ?=
 WAIT_TIMEOUT ?= 300
 DEMO_ARGS ?=
@@ -27,7 +33,8 @@ BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 TESTBED = $(PYTHON) -m conduit.testbed --project '$(PROJECT)' --compose '$(COMPOSE)' \
-    --image '$(IMAGE)' --engine '$(ENGINE)' --engine-socket '$(ENGINE_SOCKET)'
+    --image '$(IMAGE)' --engine '$(ENGINE)' --engine-socket '$(ENGINE_SOCKET)' \
+    --data '$(DATA)' --site-config '$(SITE_CONFIG)'
 PROJECT_FILE = build/$(PROJECT)/compose.yaml
 # What compose's exec and logs need to reach the engine (Podman: DOCKER_HOST=its socket).
 ENGINE_ENV = $(shell $(TESTBED) engine-env)
@@ -44,6 +51,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: NODES=N MAX_NODES=N PROJECT=$(PROJECT) COMPOSE='$(COMPOSE)' ENGINE=$(ENGINE) IMAGE=ref"
 	@echo "             KEEP_STATE=1 ENGINE_SOCKET=path DEMO_ARGS=... BENCH_ARGS=... WAIT_TIMEOUT=$(WAIT_TIMEOUT)"
+	@echo "             DATA=dir (shared /data, default data/) SITE_CONFIG=dir (default docker/site.d/) AS=user (make shell)"
 	@echo "  ENGINE=docker|podman: the engine under COMPOSE; podman: COMPOSE against Podman's API service,"
 	@echo "             which make up starts on $$($(PYTHON) -m conduit.testbed --engine podman socket) (or ENGINE_SOCKET)"
 	@echo "  defaults: $$($(PYTHON) -m conduit.testbed defaults) (remembered per PROJECT until make down)"
@@ -135,9 +143,9 @@ logs: ## the brokers' logs
 	$(RUNNING) logs
 	$(DC) logs --no-color
 
-shell: ## a shell on node0, as the instance owner
+shell: ## a shell on node0 in /data, as the instance owner (AS=alice: as a guest, in /data/alice)
 	$(RUNNING) shell
-	$(DC) exec node0 bash
+	$(DC) exec $(if $(AS),-u '$(AS)' -w '/data/$(AS)') node0 bash
 
 clean: ## remove build products (a testbed's remembered size in build/PROJECT/ stays: make down)
 	rm -f $(MODULE)

@@ -88,9 +88,15 @@ class LineReader:
         return "".join(self._stderr)
 
     def close(self) -> None:
+        """End the command if it still runs, and let go of its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        # a pipe that a child of the command still holds open is left to it
+        for reader, pipe in zip(self._readers, (self.proc.stdout, self.proc.stderr)):
+            reader.join(timeout=1)
+            if pipe is not None and not reader.is_alive():
+                pipe.close()
 
     def __enter__(self) -> LineReader:
         return self

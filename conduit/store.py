@@ -67,6 +67,7 @@ class Store:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())  # as open() would, not mkstemp's 0600
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -108,3 +109,10 @@ def log_packets(blob: bytes) -> Iterator[Packet]:
         for packet in batch["packets"]:
             if packet.get("id") != TEST_ID:
                 yield packet
+
+
+def current_umask() -> int:
+    """This process's umask (reading it means setting it; it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

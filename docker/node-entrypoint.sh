@@ -12,12 +12,28 @@
 # The restart loop is here rather than in Docker's restart policy because
 # a follower exits whenever rank 0 restarts or its network is cut, and
 # Docker's growing back-off would keep it down long after the fault ended.
+#
+# It also makes the node part of a small site: munge runs with the
+# cluster's key (made by node0 at first start, like the certificate), the
+# guests have their places in the shared directory /data, and the broker
+# config is the generated one followed by the site's own files
+# (/etc/flux/site/*.toml, SITE_CONFIG on the host).
+#
+# `conduit-node --check` (run by `make up` in a container of its own, with
+# no network) only starts a rank 0 with that config and stops it again:
+# its exit status and stderr are the broker's verdict on the site config.
 set -eu
 
 size=${SIZE:-}
 cert=/etc/flux/curve/curve.cert
 conf=/etc/flux/conduit
+site=/etc/flux/site
+munge_key=/etc/munge/munge.key
 NORESTART=42
+check=0
+if [ "${1:-}" = --check ]; then
+    check=1
+fi
 
 log() {
     echo "conduit-node: $*" >&2
@@ -37,6 +53,21 @@ case "$size" in
         exit 1 ;;
 esac
 
+# Wait (at most 120 s) for a file that node0 makes: wait_made FILE [sudo -n].
+wait_made() {
+    file=$1
+    shift
+    waited=0
+    while ! "$@" test -s "$file"; do
+        if [ "$waited" -ge 120 ]; then
+            log "no $file after ${waited}s; is node0 running?"
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
 # The certificate is made once per cluster, by node0, into the shared
 # volume; mv makes it appear whole to the other nodes.
 if [ "$name" = node0 ] && [ ! -s "$cert" ]; then
@@ -46,20 +77,55 @@ if [ "$name" = node0 ] && [ ! -s "$cert" ]; then
     chmod 0600 "$cert.new"
     mv "$cert.new" "$cert"
 fi
-waited=0
-while [ ! -s "$cert" ]; do
-    if [ "$waited" -ge 120 ]; then
-        log "no $cert after ${waited}s; is node0 running?"
+wait_made "$cert"
+
+# The config: the generated file first, then the site's files in name
+# order (a later file's keys win; an array such as [[resource.config]] is
+# replaced whole).  Site files may use the template's @SIZE@, @LAST@ and
+# @CORE_LAST@ too.
+template() {
+    sed -e "s/@SIZE@/$size/g" \
+        -e "s/@LAST@/$((size - 1))/g" \
+        -e "s/@CORE_LAST@/$(($(nproc) - 1))/g" \
+        "$1"
+}
+rm -f "$conf"/*.toml
+template /usr/local/share/flux-conduit/system.toml.in > "$conf/00-testbed.toml"
+for file in "$site"/*.toml; do
+    [ -e "$file" ] || continue
+    if ! [ -r "$file" ]; then
+        log "site config $(basename "$file") is not readable by $(id -un) (uid $(id -u));" \
+            "chmod a+r it on the host"
         exit 1
     fi
-    sleep 1
-    waited=$((waited + 1))
+    template "$file" > "$conf/$(basename "$file")"
 done
 
-sed -e "s/@SIZE@/$size/g" \
-    -e "s/@LAST@/$((size - 1))/g" \
-    -e "s/@CORE_LAST@/$(($(nproc) - 1))/g" \
-    /usr/local/share/flux-conduit/system.toml.in > "$conf/system.toml"
+if [ "$check" = 1 ]; then
+    run=$(mktemp -d)
+    exec flux broker --config-path="$conf" -Srundir="$run" -Sbroker.quorum=1 \
+        -Sbroker.quorum-warn=none -Slog-stderr-level=3 true
+fi
+
+# munge: the cluster's key, made once by node0 into the munge volume
+# (mv makes it appear whole); munged on every node, as the base image's
+# own entrypoint starts it.  The IMP checks each guest job's signature
+# with it, on the node where the job runs.
+if [ "$name" = node0 ] && ! sudo -n test -s "$munge_key"; then
+    sudo -n sh -c "umask 077 && rm -f $munge_key.new \
+        && dd if=/dev/urandom of=$munge_key.new bs=1024 count=1 2>/dev/null \
+        && chown munge:munge $munge_key.new && mv $munge_key.new $munge_key"
+fi
+wait_made "$munge_key" sudo -n
+sudo -n runuser -u munge -- /usr/sbin/munged || log "munged did not start; guests' jobs will fail"
+
+# The shared directory: each guest's own place in it, made by node0.
+if [ "$name" = node0 ] && [ -d /data ]; then
+    for guest in alice bob; do
+        [ -d "/data/$guest" ] || sudo -n install -d -o "$guest" -g "$guest" -m 0755 "/data/$guest" \
+            || log "cannot make /data/$guest"
+    done
+fi
 
 # Rank 0 keeps the dumps of its last three shutdowns.
 if [ "$name" = node0 ] && [ -d /var/lib/flux/dump ]; then

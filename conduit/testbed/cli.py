@@ -16,6 +16,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from conduit.testbed import composefile, image, minicluster
 from conduit.testbed.composefile import DEFAULT_NODES, DEFAULT_SIZE, PROJECT
@@ -24,6 +25,7 @@ from conduit.testbed.errors import TestbedError
 from conduit.testbed.lifecycle import Testbed, check_size
 from conduit.testbed.paths import work_dir
 from conduit.testbed.readiness import hostlist
+from conduit.testbed.site import default_data, default_site
 
 
 def parse_count(text: str | int, name: str, hint: str) -> int:
@@ -40,7 +42,8 @@ def project_testbed(args: argparse.Namespace) -> Testbed:
     engine = Engine.named(args.engine, args.engine_socket)
     return Testbed(
         args.project, file, compose_command=args.compose.split(), image=args.image or None,
-        engine=engine,
+        engine=engine, data=Path(args.data or default_data()).absolute(),
+        site=Path(args.site_config or default_site()).absolute(),
     )  # fmt: skip
 
 
@@ -196,6 +199,14 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="the engine's API socket (ENGINE_SOCKET; default: Docker's, or Podman's own "
         f"for the testbed, {podman_socket()})",
+    )
+    p.add_argument(
+        "--data", default="", help="the shared directory, /data on every node (DATA; default data/)"
+    )
+    p.add_argument(
+        "--site-config",
+        default="",
+        help="the site's broker config files, *.toml (SITE_CONFIG; default docker/site.d/)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

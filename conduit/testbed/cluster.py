@@ -24,7 +24,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,13 +154,17 @@ class ComposeTestbed(Instance):
 
     def __post_init__(self) -> None:
         self.size = self.size or self.nodes
+        # its own shared directory (/data on every node) and site config, beside its file
+        self.data = self.file.parent / "data"
+        self.site = self.file.parent / "site.d"
+        self.site.mkdir(parents=True, exist_ok=True)
 
     @functools.cached_property
     def testbed(self) -> Testbed:
         """The same life cycle as `make up`, `make scale`, `make down`."""
         return Testbed(
             self.project, self.file, compose_command=[*COMPOSE, "--ansi", "never"],
-            image=self.image, quiet=True, engine=self.engine,
+            image=self.image, quiet=True, engine=self.engine, data=self.data, site=self.site,
         )  # fmt: skip
 
     @property
@@ -214,7 +218,12 @@ class ComposeTestbed(Instance):
         return self.testbed.wait_ready(self.nodes, timeout)
 
     def down(self) -> None:
-        """Remove the containers, the network and the volumes."""
+        """Remove the containers, the network and the volumes (and what the nodes wrote)."""
+        # the nodes' users wrote /data with their uids; the host user may not remove that
+        self.compose.run(
+            "exec", "-T", "node0", "sudo", "-n", "find", "/data", "-mindepth", "1", "-delete",
+            check=False, timeout=60,
+        )  # fmt: skip
         self.compose.run(
             "down", "--volumes", "--remove-orphans", "--timeout", STOP_TIMEOUT,
             check=False, timeout=300,
@@ -229,6 +238,19 @@ class ComposeTestbed(Instance):
         env = "".join(f"{k}={v} " for k, v in self.engine.env().items() if k == "DOCKER_HOST")
         base = f"{env}{' '.join(COMPOSE)} -p {self.project} -f {self.file}"
         return f"reach it with: {base} exec node0 bash; remove it with: {base} down --volumes"
+
+    # -- the shared directory ----------------------------------------------
+
+    def write_file(self, path: str, text: str) -> Path:
+        """Write `text` to /data/PATH (every node sees it); its path on the host."""
+        target = self.data / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return target
+
+    def read_file(self, path: str) -> str:
+        """What /data/PATH holds (written on any node), read on the host."""
+        return (self.data / path).read_text()
 
     # -- containers -------------------------------------------------------
 
@@ -362,6 +384,7 @@ def running_testbed(
     engine: Engine | None = None,
     published: str | None = None,
     keep: bool = False,
+    site_files: Sequence[Path] = (),
 ) -> Iterator[ComposeTestbed]:
     """A testbed of its own for the block; taken down after it (also on failure) unless `keep`.
 
@@ -371,12 +394,15 @@ def running_testbed(
         engine: Docker (default) or Podman.
         published: a published image to run instead of building this tree's.
         keep: leave it running (for debugging; `how_to_reach()` says how).
+        site_files: the site's broker config (*.toml) it starts with.
     """
     engine = engine or Engine()
     remove_leftovers()
     project = f"{PROJECT_PREFIX}{secrets.token_hex(4)}"
     file = Path(tempfile.mkdtemp(prefix=f"{project}-")) / "compose.yaml"
     tb = ComposeTestbed(project, nodes, file, size, engine, published)
+    for path in site_files:
+        shutil.copy(path, tb.site / Path(path).name)
     record = registry() / f"{project}.json"
     if not keep:
         record.parent.mkdir(parents=True, exist_ok=True)

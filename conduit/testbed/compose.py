@@ -39,6 +39,8 @@ class Compose:
     engine: Engine = Engine()
     say: Callable[[str], None] = _say
     quiet: bool = False  # capture the output of builds and `up` instead of showing it
+    # more of the compose file's variables, asked for anew at each command
+    variables: Callable[[], dict[str, str]] = dict
     connected: bool = field(default=False, init=False, repr=False)
 
     def connect(self) -> None:
@@ -49,7 +51,12 @@ class Compose:
 
     def env(self, image: str | None = None) -> dict[str, str]:
         """The environment compose runs in: the engine's, and the image the nodes run."""
-        return {**os.environ, **self.engine.env(), "CONDUIT_IMAGE": image or self.image}
+        return {
+            **os.environ,
+            **self.engine.env(),
+            **self.variables(),
+            "CONDUIT_IMAGE": image or self.image,
+        }
 
     def argv(self, *args: str) -> list[str]:
         """`COMPOSE -p PROJECT -f FILE ARGS...`."""
@@ -131,6 +138,20 @@ class Compose:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TestbedError(f"`{' '.join(argv)}` failed: {exc}") from None
+
+    def container_env(self, service: str, name: str) -> str | None:
+        """The value of environment variable `name` in the container of `service`, if any."""
+        container = self.containers().get(service, {}).get("Name")
+        if not container:
+            return None
+        done = self.engine_command("inspect", "--format", "{{json .Config.Env}}", str(container))
+        if done.returncode != 0:
+            return None
+        for item in json.loads(done.stdout or "[]"):
+            key, _, value = str(item).partition("=")
+            if key == name:
+                return value
+        return None
 
     def image_present(self, ref: str) -> bool:
         """Whether the engine has image `ref`."""

@@ -28,10 +28,18 @@ x-node: &node
   init: true
   restart: on-failure
   stop_grace_period: 60s
+  working_dir: /data
   environment:
     SIZE: "{size}"
+    SITE_HASH: "${{CONDUIT_SITE_HASH:-}}"
+    # The image's MPICH (ch4:ucx) is slow to start or hangs in containers with
+    # UCX's shared-memory transports; TCP works within and across nodes.
+    UCX_TLS: tcp,self
   volumes:
     - curve:/etc/flux/curve
+    - munge:/etc/munge
+    - ${{CONDUIT_DATA:-{context}/data}}:/data
+    - ${{CONDUIT_SITE:-{context}/docker/site.d}}:/etc/flux/site:ro
 
 services:
   node0:
@@ -44,6 +52,9 @@ services:
         BASE_IMAGE: ${{BASE_IMAGE:-{base}}}
     volumes:
       - curve:/etc/flux/curve
+      - munge:/etc/munge
+      - ${{CONDUIT_DATA:-{context}/data}}:/data
+      - ${{CONDUIT_SITE:-{context}/docker/site.d}}:/etc/flux/site:ro
       - state:/var/lib/flux
 """
 
@@ -69,6 +80,7 @@ FOOTER = """\
 
 volumes:
   curve: {{}}
+  munge: {{}}
   state: {{}}
 """
 

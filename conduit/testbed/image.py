@@ -38,6 +38,7 @@ BUILD_INPUTS = (
     "docker/healthcheck.sh",
     "docker/watchdog.py",
     "docker/system.toml.in",
+    "docker/imp.toml",
 )
 # Host-side files the testbed reads from the same tree (not in the image).
 HOST_FILES = ("docker/podman-containers.conf",)

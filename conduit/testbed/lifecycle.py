@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conduit.testbed import composefile, image, readiness
@@ -26,6 +26,14 @@ from conduit.testbed.compose import STOP_TIMEOUT, Compose, _say
 from conduit.testbed.engine import Engine
 from conduit.testbed.errors import TestbedError
 from conduit.testbed.image import build_context, short_ref
+from conduit.testbed.site import (
+    check_site,
+    default_data,
+    default_site,
+    prepare_data,
+    site_files,
+    site_hash,
+)
 
 
 def check_size(nodes: int, size: int) -> None:
@@ -55,6 +63,8 @@ class Testbed:
     say: Callable[[str], None] = _say
     quiet: bool = False  # capture the output of builds and `up` instead of showing it
     engine: Engine = Engine()
+    data: Path = field(default_factory=default_data)  # /data on every node (DATA)
+    site: Path = field(default_factory=default_site)  # /etc/flux/site (SITE_CONFIG)
 
     @functools.cached_property
     def image_ref(self) -> str:
@@ -72,7 +82,16 @@ class Testbed:
             self.engine,
             self.say,
             self.quiet,
+            self.variables,
         )
+
+    def variables(self) -> dict[str, str]:
+        """The compose file's variables for the shared directory and the site config."""
+        return {
+            "CONDUIT_DATA": str(self.data.resolve()),
+            "CONDUIT_SITE": str(self.site.resolve()),
+            "CONDUIT_SITE_HASH": site_hash(self.site),
+        }
 
     def ensure_image(self) -> str:
         """The image the nodes run, pulled (IMAGE) or built if the engine lacks it."""
@@ -133,6 +152,11 @@ class Testbed:
             why.append(f"size {old_size} -> {size}")
         if old_image and old_image != image_ref:
             why.append(f"image {old_image} -> {image_ref}")
+        if self.compose.container_env("node0", "SITE_HASH") not in (
+            None,
+            site_hash(self.site),
+        ):
+            why.append(f"the site config in {self.site} changed")
         self.say(
             f"up: replacing the running instance {self.project} "
             f"({', '.join(why) or 'its compose file changed'}): "
@@ -149,13 +173,18 @@ class Testbed:
         before = self.compose.containers()
         services = [f"node{k}" for k in range(nodes)] + ["watchdog"]
         old_size = self.file_size() if before else None
+        prepare_data(self.data)
         self.write_file(size)
         image_ref = self.ensure_image()
+        check_site(self.compose, self.site, image_ref, size)
         if before:
             replaced = self.will_recreate(services, image_ref)
             if replaced and any(e.get("State") == "running" for e in before.values()):
                 self.announce_replacement(before, replaced, old_size, size, image_ref)
-        return self.start_nodes(nodes, image_ref, timeout, ["--remove-orphans", *services])
+        ready = self.start_nodes(nodes, image_ref, timeout, ["--remove-orphans", *services])
+        if site_files(self.site):  # named queues start stopped; a site's admin starts them
+            self.compose.run("exec", "-T", "node0", "flux", "queue", "start", "--all", check=False)
+        return ready
 
     def scale(self, nodes: int, timeout: float) -> readiness.Ready:
         """Start or stop nodes of the running instance, without restarting it."""
@@ -208,6 +237,9 @@ class Testbed:
         nodes = self.started_nodes()
         if nodes == 0:
             raise TestbedError(f"no testbed {self.project}; `make up` starts one")
+        node0 = self.compose.running().get("node0")
+        if node0:  # the brokers read the site config again as they start
+            check_site(self.compose, self.site, str(node0["Image"]), self.file_size() or nodes)
         start = time.monotonic()
         # The timeout is explicit: Podman's Docker API kills at once on a restart
         # without one, where Docker waits stop_grace_period; rank 0 would not dump.

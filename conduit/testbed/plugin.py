@@ -34,9 +34,10 @@ running and says how to reach them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -150,11 +151,11 @@ class Testbeds:
             unavailable(self.config, f"needs {shape.engine.name.capitalize()}: {reason}")
 
     @contextmanager
-    def fresh(self, shape: Shape) -> Iterator[ComposeTestbed]:
-        """A testbed of this shape for the block alone."""
+    def fresh(self, shape: Shape, site_files: Sequence[Path] = ()) -> Iterator[ComposeTestbed]:
+        """A testbed of this shape (and site config) for the block alone."""
         self.check(shape)
         with running_testbed(
-            shape.nodes, shape.size, shape.engine, shape.image, keep=self.keep
+            shape.nodes, shape.size, shape.engine, shape.image, self.keep, site_files
         ) as tb:
             if self.keep:
                 self.kept.append(tb)
@@ -213,12 +214,15 @@ NewTestbed = Callable[..., AbstractContextManager[ComposeTestbed]]
 def flux_testbed_factory(request: pytest.FixtureRequest, flux_testbeds: Testbeds) -> NewTestbed:
     """Testbeds of a test's own: `with flux_testbed_factory(nodes=3, size=6) as tb:`.
 
-    Keywords as for the marker (nodes, size, image, engine); each is taken
-    down at the end of its block.
+    Keywords as for the marker (nodes, size, image, engine), and
+    site_files: broker config files (*.toml) the testbed starts with.  Each
+    is taken down at the end of its block.
     """
 
-    def make(**asked: Any) -> AbstractContextManager[ComposeTestbed]:
-        return flux_testbeds.fresh(shape_of(request.config, asked))
+    def make(
+        site_files: Sequence[Path] = (), **asked: Any
+    ) -> AbstractContextManager[ComposeTestbed]:
+        return flux_testbeds.fresh(shape_of(request.config, asked), site_files)
 
     return make
 
