@@ -217,17 +217,21 @@ class ComposeTestbed(Instance):
         """Until every started broker is online and every started node's resources are up."""
         return self.testbed.wait_ready(self.nodes, timeout)
 
-    def down(self) -> None:
-        """Remove the containers, the network and the volumes (and what the nodes wrote)."""
+    def down(self) -> bool:
+        """Remove the containers, the network and the volumes (and what the nodes wrote).
+
+        Returns whether compose removed them (False: the engine did not answer, say).
+        """
         # the nodes' users wrote /data with their uids; the host user may not remove that
         self.compose.run(
             "exec", "-T", "node0", "sudo", "-n", "find", "/data", "-mindepth", "1", "-delete",
             check=False, timeout=60,
         )  # fmt: skip
-        self.compose.run(
+        done = self.compose.run(
             "down", "--volumes", "--remove-orphans", "--timeout", STOP_TIMEOUT,
             check=False, timeout=300,
         )  # fmt: skip
+        return done.returncode == 0
 
     def logs(self) -> str:
         """Every node's log, with timestamps."""
@@ -414,7 +418,7 @@ def running_testbed(
         tb.up()
         yield tb
     finally:
-        if not keep:
-            tb.down()
+        if not keep and tb.down():
             shutil.rmtree(file.parent, ignore_errors=True)
             record.unlink(missing_ok=True)
+        # else the record stays: the next session's remove_leftovers() takes it down
