@@ -40,7 +40,7 @@ PROJECT_FILE = build/$(PROJECT)/compose.yaml
 ENGINE_ENV = $(shell $(TESTBED) engine-env)
 DC = $(strip $(ENGINE_ENV) $(COMPOSE)) -p $(PROJECT) \
     -f $(if $(wildcard $(PROJECT_FILE)),$(PROJECT_FILE),compose.yaml)
-# The tests use the same engine (tests/compose_cluster.py).
+# The tests use the same engine (the plugin reads ENGINE and ENGINE_SOCKET).
 export ENGINE ENGINE_SOCKET
 
 .DEFAULT_GOAL := help
