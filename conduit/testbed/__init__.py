@@ -11,6 +11,7 @@ libraries from PyPI (the `testbed` extra).  Its parts:
 - `readiness` and `waiting`: when the instance is usable, and the one
   wait-until helper;
 - `lifecycle`: `Testbed`, behind `make up`, `scale`, `restart`, `down`;
+- `site`: the shared directory (/data) and the site's own broker config;
 - `cli`: `python3 -m conduit.testbed`, the Makefile's command line;
 - `cluster`, `native` and `plugin`: the pytest plugin (fixtures
   `flux_testbed` and `flux_instance`) and the objects it hands to tests;

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +100,7 @@ def registry() -> Path:
     return work_dir() / "testbeds"
 
 
-def remove_leftovers(say: Any = print) -> list[str]:
+def remove_leftovers(say: Callable[[str], None] = print) -> list[str]:
     """Take down the testbeds whose session ended without taking them down (crash, kill -9).
 
     A testbed is recorded while it runs, with the pid of the process that

@@ -40,8 +40,6 @@ BUILD_INPUTS = (
     "docker/system.toml.in",
     "docker/imp.toml",
 )
-# Host-side files the testbed reads from the same tree (not in the image).
-HOST_FILES = ("docker/podman-containers.conf",)
 # Where a wheel carries the non-Python build inputs (setup.py puts them there).
 BUNDLED = Path(__file__).resolve().parent / "context"
 

@@ -136,8 +136,15 @@ class Instance(ABC):
         return done.stdout.strip()
 
     def wait_job(self, jobid: str, timeout: float = 120, user: str | None = None) -> dict[str, Any]:
-        """Wait until job `jobid` is inactive; what `flux jobs --json` says of it then."""
-        self.wait_inactive(jobid, int(timeout), user=user)
+        """Wait until job `jobid` is inactive (its `clean` event); `flux jobs --json` of it then.
+
+        Raises:
+            CommandError: it did not end within `timeout` seconds (or is no job).
+        """
+        self.flux(
+            "job", "wait-event", f"--timeout={int(timeout)}", jobid, "clean",
+            timeout=timeout + 30, user=user,
+        )  # fmt: skip
         return self.job(jobid, user=user)
 
     def attach(self, jobid: str, node: str | None = None, user: str | None = None) -> LineReader:
@@ -159,13 +166,6 @@ class Instance(ABC):
         """The job's state (RUN, INACTIVE, ...), or "unknown" to this instance."""
         done = self.flux("jobs", "--json", jobid, check=False)
         return str(json.loads(done.stdout)["state"]) if done.returncode == 0 else "unknown"
-
-    def wait_inactive(self, jobid: str, timeout: int = 120, user: str | None = None) -> None:
-        """Wait until the job's `clean` event (TestbedError past `timeout`)."""
-        self.flux(
-            "job", "wait-event", f"--timeout={timeout}", jobid, "clean",
-            timeout=timeout + 30, user=user,
-        )  # fmt: skip
 
     def plain(self, jobid: str) -> str:
         """A job id in the ASCII form (f58plain) the compute's store keys use."""

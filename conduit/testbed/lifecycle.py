@@ -208,7 +208,8 @@ class Testbed:
     ) -> readiness.Ready:
         """What up and scale share: stop the nodes past `nodes`, `up` the rest, wait for ready."""
         start = time.monotonic()
-        extra = [s for s in self.compose.containers() if (node_index(s) or 0) >= nodes > 0]
+        indices = {s: node_index(s) for s in self.compose.containers()}
+        extra = [s for s, k in indices.items() if k is not None and k >= nodes]
         if extra:
             self.compose.run("rm", "--stop", "--force", *extra, timeout=180, show=True)
         self.compose.run(
