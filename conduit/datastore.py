@@ -86,6 +86,7 @@ class Datastore:
         self.segment = 0  # the log segment this datastore appends to
         self.segment_commits = 0  # commits in it, and their bytes
         self.segment_bytes = 0
+        self.segment_blobs: list[str] = []  # its content blobs, one a commit
         self.closes: int | None = None  # a resumed log's last segment, ended by our first commit
         self.log_last_id = -1  # the highest packet id in the log
         self.first_id = 1  # of the packets this datastore stores: ids grow along the log
@@ -213,6 +214,9 @@ class Datastore:
     def start_commit(self) -> None:
         """Append the waiting batches to the log in one commit, if none is in flight.
 
+        The batches go to the content store as one blob, then the commit
+        adds that blob to the log segment (kvsdir.write_segment_async).
+
         While a commit is in flight, batches gather in the next one, so
         commits grow with load (group commit).  One at a time measured
         best: the KVS spends about the same per commit whatever its size
@@ -236,11 +240,23 @@ class Datastore:
             self.closes = self.segment
             self.segment += 1
             self.segment_commits = self.segment_bytes = 0
+            self.segment_blobs = []
         self.segment_commits += 1
         self.segment_bytes += len(blob)
         self.commits += 1
+        self.kvs.store_blob_async(blob).then(self.on_blob_stored, commit)
+
+    def on_blob_stored(self, f: Any, commit: Commit) -> None:
+        """The commit's batches are in the content store: link them into the log."""
+        try:
+            self.segment_blobs.append(f.blobref())
+        except OSError as exc:
+            self.fail(f"cannot store packets in the content store: {exc.strerror}")
+            return
         closes, self.closes = self.closes, None
-        self.kvs.append_async(self.segment, blob, closes).then(self.on_committed, commit)
+        self.kvs.write_segment_async(self.segment, self.segment_blobs, closes).then(
+            self.on_committed, commit
+        )
 
     def on_committed(self, f: Any, commit: Commit) -> None:
         try:

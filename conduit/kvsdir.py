@@ -24,12 +24,14 @@ removes the stream: at most one log per stream name.
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import flux
 import flux.constants
+import flux.future
 import flux.kvs
-from flux.core.inner import ffi
+from flux.core.inner import ffi, raw
 
 from conduit.protocol import DEFAULT_STREAM, SEGMENT_BYTES, SEGMENT_COMMITS, check_stream
 from conduit.store import Store, next_line
@@ -39,7 +41,34 @@ STREAMS = "conduit.streams"
 LOCATION = "conduit.datastore"  # the default stream's keys
 LOG = "conduit.log"
 COMPUTES = "conduit.computes"
-__all__ = ["SEGMENT_BYTES", "SEGMENT_COMMITS", "ConduitDir", "RawWatch", "list_streams", "root"]
+__all__ = [
+    "SEGMENT_BYTES",
+    "SEGMENT_COMMITS",
+    "BlobStore",
+    "ConduitDir",
+    "RawWatch",
+    "list_streams",
+    "root",
+]
+
+
+class BlobStore(flux.future.Future):
+    """A content.store request for one blob; blobref() names the stored blob."""
+
+    def __init__(self, h: flux.Flux, blob: bytes, hash_name: str) -> None:
+        self.flux_handle = h  # outlives the request
+        self.hash_name = hash_name
+        future = raw.flux_rpc_raw(
+            h.handle, b"content.store", blob, len(blob), flux.constants.FLUX_NODEID_ANY, 0
+        )
+        super().__init__(future)
+
+    def blobref(self) -> str:
+        """The blob's reference, "<hash name>-<hex digest>"; OSError if it was not stored."""
+        data = ffi.new("const void *[1]")
+        size = ffi.new("size_t [1]")
+        raw.flux_rpc_get_raw(self.pimpl.handle, data, size)
+        return f"{self.hash_name}-{bytes(ffi.buffer(data[0], size[0])).hex()}"
 
 
 class RawWatch(flux.kvs.WatchImplementation):
@@ -92,6 +121,7 @@ class ConduitDir:
         self.log_key = f"{self.root}.log"
         self.finished_key = f"{self.root}.finished"
         self.computes_key = f"{self.root}.computes"
+        self._hash_name: str | None = None  # the instance's content.hash, once asked
 
     # Where the datastore is.
     def location(self) -> dict[str, Any] | None:
@@ -115,21 +145,37 @@ class ConduitDir:
         blob = b"".join(self.segment(n) or b"" for n in segments)
         return Store.from_log(blob), segments
 
-    def append_async(self, segment: int, blob: bytes, closes: int | None = None) -> flux.Future:
-        """Append `blob` to log segment `segment`; the commit's future.
+    def store_blob_async(self, blob: bytes) -> BlobStore:
+        """Put `blob` in the content store, for write_segment_async."""
+        if self._hash_name is None:
+            self._hash_name = str(self.h.attr_get("content.hash"))
+        return BlobStore(self.h, blob, self._hash_name)
+
+    def write_segment_async(
+        self, segment: int, blobrefs: list[str], closes: int | None = None
+    ) -> flux.Future:
+        """Commit log segment `segment` as the content blobs `blobrefs`, in order.
+
+        The segment's key is a valref treeobj naming the blobs, which is
+        what the KVS makes of an appended key itself; giving it the blobs'
+        references, rather than the bytes to append, spares the commit the
+        base64 and JSON round trip of the whole batch on both sides and
+        the KVS a second hash of it (docs/performance.md).  `blobrefs` only
+        grows from one commit of a segment to the next, so a consumer's
+        WATCH_APPEND of the key sees each commit's blob once.
 
         closes: a segment this commit ends, with a line that names the next
         (store.next_line()), in the same commit: a consumer reading that
         segment then knows where to go on.
         """
         txn = self._txn()
-        appends = [(segment, blob)]
         if closes is not None:
-            appends.insert(0, (closes, next_line(segment)))
-        for n, data in appends:
+            line = next_line(segment)
             flux.kvs.RAW.flux_kvs_txn_put_raw(
-                txn.txn, flux.constants.FLUX_KVS_APPEND, f"{self.log_key}.{n}", data, len(data)
+                txn.txn, flux.constants.FLUX_KVS_APPEND, f"{self.log_key}.{closes}", line, len(line)
             )
+        valref = json.dumps({"ver": 1, "type": "valref", "data": blobrefs})
+        flux.kvs.RAW.flux_kvs_txn_put_treeobj(txn.txn, 0, f"{self.log_key}.{segment}", valref)
         return txn.commit_async()
 
     def segments(self) -> list[int]:

@@ -5,9 +5,10 @@ its own Flux handle and reactor (Flux handles are not thread-safe, so it
 never touches the caller's).  send() only checks the object, appends it
 to a queue under a lock and returns a future.  A byte on a pipe, watched
 by the thread's reactor, wakes the thread for the first packet after it
-has gone idle; it then arms a timer for that packet's `linger`, so a
-fast loop costs one wake-up per linger, not one per packet or batch
-(each wake-up is a hand-over of Python's GIL between the two threads).
+has gone idle, and for each full batch (once until the thread has taken
+what came); for the rest it arms a timer for the oldest packet's
+`linger`.  So a fast loop costs a wake-up per batch at most, not one per
+packet (each is a hand-over of Python's GIL between the two threads).
 The thread sends whole batches of `batch` packets, and the rest once
 the oldest has waited `linger` seconds (at once after flush()); it keeps
 any number of requests in flight, and settles each packet's future from
@@ -37,6 +38,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
 import os
 import re
 import sys
@@ -45,19 +47,20 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable
 
 import flux
 
 from conduit import kvsdir
 from conduit.client import (
+    JSON_STRING,
     MAX_BACKOFF,
     REQUEST_TIMEOUT,
     Location,
     Receipt,
     failure,
     locate,
-    request_payload,
 )
 from conduit.errors import ConduitError
 from conduit.protocol import MAX_PACKETS_PER_PUT, RETRYABLE_ERRNOS
@@ -70,7 +73,8 @@ START_TIMEOUT = 30.0  # seconds the thread may take to connect to Flux
 STOP_TIMEOUT = 10.0  # seconds close() waits for the thread to end
 FIRST_BACKOFF = 0.05
 PACKET_IN_BATCH = re.compile(r"conduit\.put: packet (\d+): ")
-SETTLED: dict[str, Any] = {}  # a settled packet's payload: never sent again
+DEADLINE = attrgetter("deadline")
+SETTLED = ""  # a settled packet's payload: never sent again
 
 
 class Sent:
@@ -86,11 +90,9 @@ class Sent:
         "_callbacks", "_seen", "_sender",
     )  # fmt: skip
 
-    def __init__(
-        self, seq: int, payload: dict[str, Any], timeout: float, sent: float, sender: Sender
-    ) -> None:
+    def __init__(self, seq: int, payload: str, timeout: float, sent: float, sender: Sender) -> None:
         self.seq = seq  # its sequence number: (producer, seq) names it in the store
-        self.payload = payload
+        self.payload = payload  # its part of a conduit.put payload, as JSON text
         self.sent_at = sent  # time.monotonic() of the send
         self.settled_at = 0.0  # ... and of its end (stored or failed)
         self.timeout = timeout
@@ -196,10 +198,14 @@ class Sender:
         self.batch = batch
         self.linger = linger
         self.max_pending = max_pending
+        self._producer = ""  # the conduit's producer name as JSON, set by start()
         # Shared with the caller's threads, under _cond.
-        self._cond = threading.Condition()
+        # `with self._lock` on the hot paths: Condition.__enter__ is Python code
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._incoming: deque[Sent] = deque()  # sent, not yet taken by the thread
         self._asleep = True  # no linger timer will take _incoming: wake the thread
+        self._signalled = False  # woken, and _incoming not taken since
         self._urgent = False  # flush(): send partial batches now
         self._closing = False
         self._stats = SenderStats()
@@ -237,34 +243,47 @@ class Sender:
         now = time.monotonic()
         if self._crash is not None:
             raise ConduitError(f"the conduit's sender thread is not running: {self._crash}")
-        with self._cond:
-            while self._stats.pending >= self.max_pending and not self._closing:
-                left = now + timeout - time.monotonic()
-                if left <= 0:
-                    raise ConduitError(
-                        f"{self.max_pending} packets are pending (max_pending), and none was "
-                        f"stored or failed within {timeout:g}s; this one was not sent",
-                        errno.ETIMEDOUT,
-                    )
-                self._cond.wait(left)
-            if self._closing:
-                raise ConduitError("the client is closed; make a new Conduit to send more")
-            seq = next(self.conduit._seq)
-            payload = {"data": text, "producer": self.conduit.producer, "seq": seq}
-            packet = Sent(seq, payload, timeout, now, self)
-            self._incoming.append(packet)
+        with self._lock:
             stats = self._stats
+            if stats.pending >= self.max_pending or self._closing:
+                self._wait_for_room(now, timeout)
+            seq = next(self.conduit._seq)
+            # Written as text once here: encoding a batch of dicts on the
+            # thread would escape every packet's data again (docs/performance.md).
+            data = JSON_STRING(text)
+            payload = f'{{"data":{data},"producer":{self._producer},"seq":{seq}}}'
+            packet = Sent(seq, payload, timeout, now, self)
+            incoming = self._incoming
+            incoming.append(packet)
             stats.sent += 1
-            stats.pending += 1
-            stats.peak_pending = max(stats.peak_pending, stats.pending)
+            pending = stats.pending = stats.pending + 1
+            if pending > stats.peak_pending:
+                stats.peak_pending = pending
             self._sent_since_flush += 1
-            wake, self._asleep = self._asleep, False
-            full = len(self._incoming) % self.batch == 0
+            # A full batch wakes the thread too (once until it takes them):
+            # it gets the GIL then at the latest after Python's switch
+            # interval, rather than at the linger timer.
+            full = len(incoming) % self.batch == 0
+            wake = (self._asleep or full) and not self._signalled
+            self._asleep = False
+            self._signalled |= wake
         if wake:
             self._wake()
-        elif full:  # offer the thread the GIL now, rather than after Python's switch interval
-            time.sleep(0)
         return packet
+
+    def _wait_for_room(self, now: float, timeout: float) -> None:
+        """Wait (holding _lock) until fewer than max_pending are pending; raise if closed."""
+        while self._stats.pending >= self.max_pending and not self._closing:
+            left = now + timeout - time.monotonic()
+            if left <= 0:
+                raise ConduitError(
+                    f"{self.max_pending} packets are pending (max_pending), and none was "
+                    f"stored or failed within {timeout:g}s; this one was not sent",
+                    errno.ETIMEDOUT,
+                )
+            self._cond.wait(left)
+        if self._closing:
+            raise ConduitError("the client is closed; make a new Conduit to send more")
 
     def flush(self, timeout: float | None, unseen_only: bool = False) -> None:
         """Wait until nothing is pending; raise one ConduitError for what failed.
@@ -335,6 +354,7 @@ class Sender:
         with self._start_lock:
             if self._thread is not None or self._crash is not None:
                 return
+            self._producer = json.dumps(self.conduit.producer)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -417,8 +437,7 @@ class Sender:
                 except OSError as exc:
                     self._failed(request, exc)
                 else:
-                    answers = answer.get("packets", [answer])
-                    self._settle([(p, a, None) for p, a in zip(request.packets, answers)])
+                    self._stored(request.packets, answer.get("packets", [answer]))
                     self._backoff, self._problem = FIRST_BACKOFF, ""
             self._pump()
         except BaseException as exc:
@@ -428,10 +447,11 @@ class Sender:
     def _pump(self) -> None:
         """Take new packets, expire old ones, send what may go, set the timers."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
+            self._signalled = False
             if self._incoming:
-                for p in self._incoming:
-                    self._next_expiry = min(self._next_expiry, p.deadline)
+                earliest = min(map(DEADLINE, self._incoming))
+                self._next_expiry = min(self._next_expiry, earliest)
                 self._queue.extend(self._incoming)
                 self._incoming.clear()
             urgent, closing = self._urgent, self._closing
@@ -452,7 +472,7 @@ class Sender:
         if busy != self._ticking:
             self._ticking = busy
             (self._tick_timer.start if busy else self._tick_timer.stop)()
-        with self._cond:  # a wake-up per linger at most, not per packet or batch
+        with self._lock:  # a wake-up per linger at most, not per packet or batch
             arrived = self._incoming[0].sent_at if self._incoming else None
             self._asleep = arrived is None and self._linger_at <= now
         if arrived is not None:
@@ -495,7 +515,10 @@ class Sender:
         request = Request(packets, self._location, now)
         self._requests[request] = None
         self._stats.requests += 1
-        payload = request_payload([p.payload for p in packets])
+        if len(packets) == 1:
+            payload = packets[0].payload
+        else:
+            payload = '{"packets":[' + ",".join(p.payload for p in packets) + "]}"
         try:
             rpc = self._h.rpc(self.conduit.topic, payload, nodeid=self._location.rank)
         except OSError as exc:
@@ -561,6 +584,24 @@ class Sender:
         self._next_try = now + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
+    def _stored(self, packets: list[Sent], answers: list[dict[str, Any]]) -> None:
+        """The datastore's answers to a request: each packet stored (or a duplicate)."""
+        now = time.monotonic()
+        done = []
+        duplicates = 0
+        with self._lock:
+            for packet, answer in zip(packets, answers):
+                if packet.settled:
+                    continue
+                packet.settled = True
+                packet.settled_at = now
+                packet._answer = answer
+                packet.payload = SETTLED  # its data is not kept with the future
+                done.append(packet)
+                duplicates += answer["duplicate"]
+            self._count(done, len(done), duplicates)
+        self._call_back(done)
+
     def _settle(
         self, outcomes: list[tuple[Sent, dict[str, Any] | None, ConduitError | None]]
     ) -> None:
@@ -575,7 +616,7 @@ class Sender:
                 packet.settled = True
                 packet.settled_at = now
                 packet._answer, packet._error = answer, error
-                packet.payload = SETTLED  # its data is not kept with the future
+                packet.payload = SETTLED
                 done.append(packet)
                 if error is None:
                     stored += 1
@@ -583,17 +624,25 @@ class Sender:
                 else:
                     entry = self._failures.setdefault(error.errno or 0, [0, error])
                     entry[0] += 1
-            if not done:
-                return
-            stats = self._stats
-            stats.stored += stored
-            stats.duplicates += duplicates
-            stats.failed += len(done) - stored
-            self._unseen += len(done) - stored
-            stats.pending -= len(done)
-            if stats.pending == 0:
-                self._urgent = False
-            self._cond.notify_all()
+            self._count(done, stored, duplicates)
+        self._call_back(done)
+
+    def _count(self, done: list[Sent], stored: int, duplicates: int) -> None:
+        """Count packets just settled and free their places (holding _cond)."""
+        if not done:
+            return
+        stats = self._stats
+        stats.stored += stored
+        stats.duplicates += duplicates
+        stats.failed += len(done) - stored
+        self._unseen += len(done) - stored
+        stats.pending -= len(done)
+        if stats.pending == 0:
+            self._urgent = False
+        self._cond.notify_all()
+
+    @staticmethod
+    def _call_back(done: list[Sent]) -> None:
         for packet in done:
             if packet._callbacks:
                 for fn in packet._callbacks:
