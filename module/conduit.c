@@ -15,9 +15,10 @@
  * ids and always travel in the same batch to the datastore.
  *
  * Batching: at most 'unacked_batches' batches are sent to the datastore
- * and not yet acknowledged.  Puts arriving meanwhile queue and leave
- * together in the next batch, so batches grow with load while an idle
- * conduit forwards each packet at once.  A batch is JSON text built by
+ * and not yet acknowledged, besides full ones (FULL_BATCH_PACKETS).  Puts
+ * arriving meanwhile queue and leave together in the next batch, so
+ * batches grow with load while an idle conduit forwards each packet at
+ * once.  A batch is JSON text built by
  * appending each packet's validated data as it came, so no packet is
  * encoded twice.  Its header names the ids it carries, so a datastore
  * that cannot decode it can still refuse it by id range.
@@ -52,6 +53,14 @@
 
 /* Sizes of arrays, so macros rather than constants. */
 #define MAX_UNACKED_BATCHES 8
+/* A burst of puts queues ahead of the datastore's acknowledgement, which
+ * the module only reads after them; meanwhile an outbox that has gathered
+ * FULL_BATCH_PACKETS leaves anyway, up to MAX_BATCHES_IN_FLIGHT batches,
+ * so that the datastore decodes it while the module takes the rest
+ * (docs/performance.md).
+ */
+#define FULL_BATCH_PACKETS 512
+#define MAX_BATCHES_IN_FLIGHT 64
 #define PUT_ERRSTR_SIZE 320 // room for a jansson error text and more
 /* Room kept in front of a batch's packets for its header, which is
  * written when the batch leaves: {"first":F,"last":L,"packets":[
@@ -153,7 +162,7 @@ struct conduit {
     struct held_put *tail;
     size_t held;                // packets in the held puts
     size_t held_bytes;          // their data, in bytes
-    json_int_t batch_last[MAX_UNACKED_BATCHES]; // last id of each unacked batch
+    json_int_t batch_last[MAX_BATCHES_IN_FLIGHT]; // last id of each unacked batch
     size_t batches;             // batches sent and not yet acknowledged
     json_int_t sent_upto;       // highest id sent to the datastore
     json_int_t received;        // packets accepted, and the ones below
@@ -340,9 +349,11 @@ static void outbox_flush (struct conduit *ctx)
     char *text;
     int n;
 
-    if (!ctx->attach
-        || ob->count == 0
-        || ctx->batches >= ctx->unacked_batches)
+    if (!ctx->attach || ob->count == 0)
+        return;
+    if (ctx->batches >= ctx->unacked_batches
+        && (ob->count < FULL_BATCH_PACKETS
+            || ctx->batches >= MAX_BATCHES_IN_FLIGHT))
         return;
     n = snprintf (head,
                   sizeof (head),
