@@ -59,7 +59,7 @@
  * so that the datastore decodes it while the module takes the rest
  * (docs/performance.md).
  */
-#define FULL_BATCH_PACKETS 512
+#define FULL_BATCH_PACKETS 1024
 #define MAX_BATCHES_IN_FLIGHT 64
 #define PUT_ERRSTR_SIZE 320 // room for a jansson error text and more
 /* Room kept in front of a batch's packets for its header, which is
