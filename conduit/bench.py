@@ -31,6 +31,7 @@ from typing import Any
 import flux
 import flux.job
 import flux.progress
+import flux.resource
 
 from conduit import output
 from conduit.errors import ConduitError, connect
@@ -86,9 +87,16 @@ class Bench:
         self.batch = args.batch
         self.in_flight = args.in_flight
         self.rank = args.datastore_rank
-        self.nranks = int(h.attr_get("size"))
-        if self.rank >= self.nranks:
-            raise ConduitError(f"--datastore-rank: the instance has ranks 0 to {self.nranks - 1}")
+        # Jobs go to ranks that are up: a testbed has room for more nodes than it runs.
+        up = sorted(flux.resource.resource_list(h).get().up.ranks)
+        if self.rank not in up:
+            raise ConduitError(
+                f"--datastore-rank: rank {self.rank} is not up; the ranks up are "
+                f"{','.join(map(str, up))}"
+            )
+        # the datastore's rank last, so that the round-robin starts after it
+        at = up.index(self.rank)
+        self.ranks = up[at + 1 :] + up[: at + 1]
         self.stream = args.stream
         self.consumers: list[dict[str, Any]] = []  # one per batched run
         self.datastore: flux.job.JobID | None = None
@@ -124,14 +132,14 @@ class Bench:
             "--stream", self.stream,
         ]  # fmt: skip
         argv += ["--loop"] if kind == "loop" else []
-        # Round-robin from the rank after the datastore's, which holds one
-        # job already; every path gets the same placement.
-        jobs = [
-            submit(self.h, argv, "producer", rank=(self.rank + 1 + i) % self.nranks)
-            for i in range(count)
-        ]
+        jobs = [submit(self.h, argv, "producer", rank=rank) for rank in self.placement(count)]
         self.jobs.extend(jobs)
         return jobs
+
+    def placement(self, count: int) -> list[int]:
+        """Ranks of `count` producers: round-robin over the ranks up, from the one after
+        the datastore's (which holds a job already); every path gets the same."""
+        return [self.ranks[i % len(self.ranks)] for i in range(count)]
 
     def run(self, kind: str, count: int) -> Run:
         consumer = self.consumer(count) if kind == FOLLOWED else None
@@ -168,10 +176,11 @@ class Bench:
     def consumer(self, count: int) -> subprocess.Popen[str]:
         """`conduit follow` of the packets the next run puts, on the least loaded rank."""
         after = self.h.rpc(topic(self.stream, "stats-get"), nodeid=self.rank).get()["last_id"]
-        load = [int(r == self.rank) for r in range(self.nranks)]
-        for i in range(count):
-            load[(self.rank + 1 + i) % self.nranks] += 1
-        rank = load.index(min(load))
+        load = dict.fromkeys(self.ranks, 0)
+        load[self.rank] += 1
+        for r in self.placement(count):
+            load[r] += 1
+        rank = min(load, key=load.__getitem__)
         # Its lines go to /dev/null there: through flux exec they would load the brokers.
         argv = [
             "flux", "exec", "-r", str(rank), "sh", "-c", 'exec "$@" >/dev/null', "sh",
@@ -273,7 +282,7 @@ def main(args: argparse.Namespace) -> int:
     config = {
         "producers": producers, "packets": packets, "size": args.size, "batch": args.batch,
         "in_flight": args.in_flight, "repeat": repeat, "datastore_rank": args.datastore_rank,
-        "ranks": bench.nranks, "raw_topic": RAW_TOPIC,
+        "ranks": len(bench.ranks), "raw_topic": RAW_TOPIC,
     }  # fmt: skip
     total = repeat * sum(producers) * packets
     if sys.stderr.isatty():

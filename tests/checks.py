@@ -115,3 +115,23 @@ def module_stats(inst: Instance, name: str, rank: int) -> dict[str, Any]:
     """`flux module stats NAME` on `rank`, as a user types it."""
     done = inst.flux("exec", "-r", str(rank), "flux", "module", "stats", name)
     return dict(json.loads(done.stdout))
+
+
+def run_bench(inst: Instance, producers: int, packets: int) -> dict[str, Any]:
+    """`conduit bench` of every path, one round, in the instance; its JSON results.
+
+    Asserts what every bench must give: each path delivered every packet,
+    none lost, and the consumer read the followed run.
+    """
+    path = "/tmp/conduit-bench-test.json"
+    inst.flux(
+        "python", "-m", "conduit", "bench", "--producers", str(producers),
+        "--packets", str(packets), "--repeat", "1", "--json", path, timeout=300,
+    )  # fmt: skip
+    results: dict[str, Any] = json.loads(inst.run("cat", path).stdout)
+    runs = {r["kind"]: r for r in results["runs"]}
+    assert sorted(runs) == ["batched", "conduit", "follow", "loop", "raw"]
+    for run in runs.values():
+        assert (run["packets"], run["lost"], run["errors"]) == (producers * packets, 0, 0), run
+    assert results["consumer"][str(producers)]["packets"] == producers * packets
+    return results

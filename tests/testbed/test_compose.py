@@ -17,7 +17,7 @@ import pytest
 from conduit import output
 from conduit.testbed.cluster import ComposeTestbed
 from conduit.testbed.readiness import parse_idset as idset
-from tests.checks import check_attach_output, run_scenario
+from tests.checks import check_attach_output, run_bench, run_scenario
 
 pytestmark = pytest.mark.compose
 
@@ -88,6 +88,14 @@ def test_scenario_over_all_nodes(flux_testbed: ComposeTestbed) -> None:
 
 def test_datastore_on_node2_computes_on_node0_and_node1(flux_testbed: ComposeTestbed) -> None:
     run_scenario(flux_testbed, "node2", ["node0", "node1", "node0", "node1", "node0"])
+
+
+@pytest.mark.flux_testbed(nodes=3, size=8)
+def test_bench_runs_on_the_nodes_that_are_up(flux_testbed: ComposeTestbed) -> None:
+    """Room for 8 nodes, 3 started (as `make up`): no producer waits for a node not started."""
+    assert int(flux_testbed.flux("getattr", "size").stdout) == 8
+    results = run_bench(flux_testbed, producers=4, packets=50)
+    assert results["config"]["ranks"] == 3
 
 
 def test_node1_stopped_during_a_run_then_rejoins(flux_testbed: ComposeTestbed) -> None:
