@@ -1,10 +1,11 @@
 """The datastore job: receives packets through the conduit and keeps the store.
 
-Packets arrive in batches on the conduit.attach stream.  Each batch is
-appended to the KVS log in one commit, with at most one commit in
-flight; only after a commit lands does the datastore apply the packets
-to the store, print them, and acknowledge them to the module, which then
-answers the puts.  So every acknowledged packet is in the KVS, and a
+Packets arrive in batches on the conduit.attach stream.  The batches
+that gather meanwhile are appended to the KVS log in one commit (group
+commit), one KVS commit in flight at a time, while the next commit's
+blob goes to the content store; only after a commit lands does the
+datastore apply its packets to the store, print them, and acknowledge
+them to the module, which then answers the puts.  So every acknowledged packet is in the KVS, and a
 datastore that crashed is resumed by the next one from there.
 """
 
@@ -39,6 +40,8 @@ class Commit:
     """Batches stored in one KVS commit, and acknowledged together."""
 
     upto: int = -1  # highest packet id in it
+    blob: bytes = b""  # its batches as one blob, once it is taken from the queue
+    blobref: str | None = None  # that blob's, once it is in the content store
     logged: int = -1  # highest packet id of its batches in the log (not refused)
     lines: list[bytes] = field(default_factory=list)  # the batches as received
     fresh: list[Packet] = field(default_factory=list)  # packets new to the store
@@ -80,8 +83,9 @@ class Datastore:
         self.jobid = int(flux.job.JobID(os.environ.get("FLUX_JOB_ID", "0")))
         self.rank = h.get_rank()
         self.store = Store()
-        self.next_commit = Commit()  # batches waiting for the commit in flight
-        self.in_flight: Commit | None = None
+        self.next_commit = Commit()  # batches waiting for a commit
+        self.storing: Commit | None = None  # its blob going to the content store, or there
+        self.linking: Commit | None = None  # the KVS commit in flight
         self.commits = 0
         self.segment = 0  # the log segment this datastore appends to
         self.segment_commits = 0  # commits in it, and their bytes
@@ -211,28 +215,56 @@ class Datastore:
         commit.refused.append({"first": first, "last": last, "error": reason})
         commit.upto = last
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a commit is on its way (its blob, or its KVS commit)."""
+        return self.storing is not None or self.linking is not None
+
     def start_commit(self) -> None:
-        """Append the waiting batches to the log in one commit, if none is in flight.
+        """Take the waiting batches for a commit, if none is waiting for the KVS already.
 
-        The batches go to the content store as one blob, then the commit
-        adds that blob to the log segment (kvsdir.write_segment_async).
-
-        While a commit is in flight, batches gather in the next one, so
-        commits grow with load (group commit).  One at a time measured
-        best: the KVS spends about the same per commit whatever its size
-        (docs/performance.md).
+        A commit has two steps: its batches go to the content store as one
+        blob, then the KVS commit adds that blob to the log segment
+        (kvsdir.write_segment_async).  The next commit's blob is stored
+        while this one's KVS commit is in flight, so only one step of each
+        waits on the other; the KVS commits themselves go one at a time,
+        in order.  While they are in flight, batches gather in the next
+        commit, so commits grow with load (group commit; one KVS commit at
+        a time measured best, docs/performance.md).
         """
-        if self.in_flight or self.next_commit.upto < 0:
+        if self.storing is not None or self.next_commit.upto < 0:
             return
         commit, self.next_commit = self.next_commit, Commit()
-        if not commit.lines:  # only refused batches: nothing to store
-            self.acknowledge(commit)
-            self.stored(commit)
+        self.storing = commit
+        if not commit.lines:  # only refused batches: nothing to store, acknowledged in turn
+            commit.blobref = ""
+            self.link()
             return
-        self.in_flight = commit
         if commit.duplicates:  # named first, so that a consumer can skip them
             commit.lines.insert(0, duplicates_line(commit.duplicates))
-        blob = b"".join(commit.lines)
+        commit.blob = b"".join(commit.lines)
+        self.kvs.store_blob_async(commit.blob).then(self.on_blob_stored, commit)
+
+    def on_blob_stored(self, f: Any, commit: Commit) -> None:
+        try:
+            commit.blobref = f.blobref()
+        except OSError as exc:
+            self.fail(f"cannot store packets in the content store: {exc.strerror}")
+            return
+        self.link()
+
+    def link(self) -> None:
+        """Commit the stored blob to the log, once the KVS commit before it has landed."""
+        commit = self.storing
+        if self.linking is not None or commit is None or commit.blobref is None or self.done:
+            return
+        self.storing = None
+        if not commit.lines:
+            self.acknowledge(commit)
+            self.stored(commit)
+            self.start_commit()
+            return
+        self.linking = commit
         if (
             self.segment_commits >= kvsdir.SEGMENT_COMMITS
             or self.segment_bytes >= kvsdir.SEGMENT_BYTES
@@ -242,21 +274,15 @@ class Datastore:
             self.segment_commits = self.segment_bytes = 0
             self.segment_blobs = []
         self.segment_commits += 1
-        self.segment_bytes += len(blob)
+        self.segment_bytes += len(commit.blob)
         self.commits += 1
-        self.kvs.store_blob_async(blob).then(self.on_blob_stored, commit)
-
-    def on_blob_stored(self, f: Any, commit: Commit) -> None:
-        """The commit's batches are in the content store: link them into the log."""
-        try:
-            self.segment_blobs.append(f.blobref())
-        except OSError as exc:
-            self.fail(f"cannot store packets in the content store: {exc.strerror}")
-            return
+        self.segment_blobs.append(commit.blobref)
+        commit.blob = b""
         closes, self.closes = self.closes, None
         self.kvs.write_segment_async(self.segment, self.segment_blobs, closes).then(
             self.on_committed, commit
         )
+        self.start_commit()  # the next one's blob goes to the content store meanwhile
 
     def on_committed(self, f: Any, commit: Commit) -> None:
         try:
@@ -264,7 +290,7 @@ class Datastore:
         except OSError as exc:
             self.fail(f"cannot store packets in the KVS: {exc.strerror}")
             return
-        self.in_flight = None
+        self.linking = None
         self.log_last_id = max(self.log_last_id, commit.logged)
         # Acknowledge, and start the next commit, before applying this one:
         # the KVS and the producers then work while the store grows
@@ -273,11 +299,13 @@ class Datastore:
         last = 0 < target <= self.store.count + len(commit.fresh)
         self.acknowledge(commit)
         if not last:
+            self.link()
             self.start_commit()
         self.stored(commit)
         if self.done:
             self.h.reactor_stop()
         elif last:
+            self.link()
             self.start_commit()
 
     def acknowledge(self, commit: Commit) -> None:
