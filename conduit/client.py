@@ -86,7 +86,10 @@ def _c_encoder() -> Callable[[Any, int], list[str]] | None:
     if make is None:
         return None
     # markers, default, string encoder, indent, separators, sort_keys, skipkeys, allow_nan
-    return make(None, JSON.default, JSON_STRING, None, ":", ",", False, False, False)  # type: ignore[no-any-return]
+    encoder: Callable[[Any, int], list[str]] = make(
+        None, JSON.default, JSON_STRING, None, ":", ",", False, False, False
+    )
+    return encoder
 
 
 _C_ENCODE = _c_encoder()

@@ -5,8 +5,9 @@ that gather meanwhile are appended to the KVS log in one commit (group
 commit), one KVS commit in flight at a time, while the next commit's
 blob goes to the content store; only after a commit lands does the
 datastore apply its packets to the store, print them, and acknowledge
-them to the module, which then answers the puts.  So every acknowledged packet is in the KVS, and a
-datastore that crashed is resumed by the next one from there.
+them to the module, which then answers the puts.  So every acknowledged
+packet is in the KVS, and a datastore that crashed is resumed by the
+next one from there.
 """
 
 from __future__ import annotations
@@ -299,14 +300,17 @@ class Datastore:
         last = 0 < target <= self.store.count + len(commit.fresh)
         self.acknowledge(commit)
         if not last:
-            self.link()
-            self.start_commit()
+            self.advance()
         self.stored(commit)
         if self.done:
             self.h.reactor_stop()
         elif last:
-            self.link()
-            self.start_commit()
+            self.advance()
+
+    def advance(self) -> None:
+        """The KVS commit is free: link the blob stored meanwhile, take the next batches."""
+        self.link()
+        self.start_commit()
 
     def acknowledge(self, commit: Commit) -> None:
         ack: dict[str, Any] = {"upto": commit.upto, "duplicates": commit.duplicates}
