@@ -278,7 +278,7 @@ class Sender:
             if left <= 0:
                 raise ConduitError(
                     f"{self.max_pending} packets are pending (max_pending), and none was "
-                    f"stored or failed within {timeout:g}s; this one was not sent",
+                    f"stored or failed within {timeout:.3g}s; this one was not sent",
                     errno.ETIMEDOUT,
                 )
             self._cond.wait(left)
@@ -306,7 +306,7 @@ class Sender:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ConduitError(
-                        f"{self._stats.pending} packets were still pending after {timeout:g}s; "
+                        f"{self._stats.pending} packets were still pending after {timeout:.3g}s; "
                         "each is tried until its own timeout",
                         errno.ETIMEDOUT,
                     )
@@ -575,7 +575,7 @@ class Sender:
     def _timed_out(self, packet: Sent, location: Location | None) -> ConduitError:
         problem = self._problem or (f"{location} has not answered" if location else "")
         return ConduitError(
-            f"no datastore acknowledged packet seq {packet.seq} within {packet.timeout:g}s"
+            f"no datastore acknowledged packet seq {packet.seq} within {packet.timeout:.3g}s"
             + (f": {problem}" if problem else ""),
             errno.ETIMEDOUT,
         )

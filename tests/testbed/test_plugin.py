@@ -31,7 +31,7 @@ def test_two_nodes_run_hostname(flux_testbed):
     jobid = flux_testbed.submit_command("hostname", options=("-N2", "-n2"))
     job = flux_testbed.wait_job(jobid)
     assert job["result"] == "COMPLETED"
-    assert flux_testbed.flux("job", "attach", jobid).stdout.split() == ["node0", "node1"]
+    assert sorted(flux_testbed.flux("job", "attach", jobid).stdout.split()) == ["node0", "node1"]
 
 @pytest.mark.flux_testbed(nodes=2)
 def test_the_same_shape_shares_the_testbed(flux_testbed):
