@@ -14,12 +14,12 @@ so a put retried after a timeout or a datastore restart is stored once.
 A put waits at most `timeout` seconds, over all its retries; what cannot
 be stored raises ConduitError with the reason and Flux's errno.
 
-`send` makes progress on a daemon thread that each Conduit starts, with
-a Flux handle and reactor of its own (conduit.sender): it never touches
-your handle or reactor, so a plain loop and a job running its own
-reactor both get their packets out with only send and flush.  Don't
-carry a Conduit across fork(), and don't block in a future's callback
-(it runs on that thread).
+`send` has a Flux handle of its own (conduit.sender): the send that
+fills a batch sends it, and a daemon thread that each Conduit starts
+sends what lingers and takes answers while your code does not.  It never
+touches your handle or reactor, so a plain loop and a job running its
+own reactor both get their packets out with only send and flush.  Don't
+carry a Conduit across fork(), and don't block in a future's callback.
 
 Runs in any Python that imports flux (`flux python`): the standard
 library and flux only.

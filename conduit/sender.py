@@ -1,25 +1,26 @@
 """Conduit.send: packets that leave without waiting, batched and pipelined.
 
-How it makes progress: a daemon thread, started with the Conduit, with
-its own Flux handle and reactor (Flux handles are not thread-safe, so it
-never touches the caller's).  send() only checks the object, appends it
-to a queue under a lock and returns a future.  A byte on a pipe, watched
-by the thread's reactor, wakes the thread for the first packet after it
-has gone idle, and for each full batch (once until the thread has taken
-what came); for the rest it arms a timer for the oldest packet's
-`linger`.  So a fast loop costs a wake-up per batch at most, not one per
-packet (each is a hand-over of Python's GIL between the two threads).
-The thread sends whole batches of `batch` packets, and the rest once
-the oldest has waited `linger` seconds (at once after flush()); it keeps
-any number of requests in flight, and settles each packet's future from
-the datastore's answers.  The caller's own reactor, RPCs and timers on
-her handle are never involved, so a plain loop and a job that runs its
-own reactor both get their packets out.
+How it makes progress.  The sender has a Flux handle of its own, never
+the caller's, and whoever holds its lock drives it: the caller, in a
+send() that fills a batch, in a send that waits for room, in flush() and
+in a future's result(); and a daemon thread the rest of the time.
+Requests are plain messages on that handle (flux_send), their answers
+taken with flux_recv without blocking, so no reactor runs on it and no
+RPC future is made per request.  A loop that sends thus sends each full
+batch and takes the answers that have come itself, with no wake-up of
+another thread per batch and no hand-over of Python's GIL (each cost a
+loop more than its packets, docs/performance.md).  The thread sends a
+partial batch once its oldest packet has waited `linger` seconds, takes
+answers once no caller has for GRACE seconds (a loop that stopped to
+compute), finds the datastore (through a second handle of its own, for
+the KVS) and fails packets past their deadline.  The caller's own
+handle, reactor and RPCs are never involved, so a plain loop and a job
+that runs its own reactor both get their packets out.
 
 Exactly once, as for put_many: every packet carries the client's
 producer name and its own seq, and a request that fails with a
 retryable errno (protocol.RETRYABLE_ERRNOS) is sent again, same seqs,
-to wherever the datastore is then published.  Before that, the thread
+to wherever the datastore is then published.  Before that, the sender
 waits for every request still in flight, so that packets are sent again
 in order and no newer batch overtakes them.  A packet that is not
 stored within its timeout fails with ETIMEDOUT (it may still be stored
@@ -29,8 +30,9 @@ Bounded memory: at most `max_pending` packets are pending (sent and not
 yet stored or failed); past that, send() waits for a free place, up to
 its timeout, then raises ETIMEDOUT without sending the packet.
 
-Futures' callbacks run on the sender thread: they must not block, nor
-use the caller's Flux handle.
+Futures' callbacks run on whichever thread took the answer (the
+sender's, or a caller's in send or flush), without the sender's lock:
+they must not block, nor use the caller's Flux handle.
 """
 
 from __future__ import annotations
@@ -41,16 +43,18 @@ import errno
 import json
 import os
 import re
+import select
 import sys
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable
 
 import flux
+from flux.core.inner import ffi, lib
 
 from conduit import kvsdir
 from conduit.client import (
@@ -68,45 +72,51 @@ from conduit.protocol import MAX_PACKETS_PER_PUT, RETRYABLE_ERRNOS
 if TYPE_CHECKING:
     from conduit.client import Conduit
 
-TICK = 0.05  # seconds between the thread's checks for deadlines and retries while busy
+TICK = 0.05  # seconds between checks for deadlines and retries while busy
+GRACE = 0.005  # seconds after a caller last took answers before the thread does
 START_TIMEOUT = 30.0  # seconds the thread may take to connect to Flux
 STOP_TIMEOUT = 10.0  # seconds close() waits for the thread to end
 FIRST_BACKOFF = 0.05
 PACKET_IN_BATCH = re.compile(r"conduit\.put: packet (\d+): ")
-DEADLINE = attrgetter("deadline")
 SETTLED = ""  # a settled packet's payload: never sent again
+NEVER = float("inf")
 
 
 class Sent:
     """The future of one send(): it ends stored (a Receipt) or failed (a ConduitError).
 
     `seq` is its sequence number; `sent_at` and `settled_at` the time.monotonic()
-    of its send and of its end.  Its other fields belong to the sender thread.
+    of its send and of its end.  Its other fields belong to the sender.
     """
 
     __slots__ = (
-        "seq", "payload", "sent_at", "settled_at", "deadline", "timeout", "settled", "_answer",
-        "_error",
-        "_callbacks", "_seen", "_sender",
+        "seq", "payload", "sent_at", "deadline", "timeout", "_end", "_callbacks", "_seen",
+        "_sender",
     )  # fmt: skip
 
     def __init__(self, seq: int, payload: str, timeout: float, sent: float, sender: Sender) -> None:
         self.seq = seq  # its sequence number: (producer, seq) names it in the store
         self.payload = payload  # its part of a conduit.put payload, as JSON text
         self.sent_at = sent  # time.monotonic() of the send
-        self.settled_at = 0.0  # ... and of its end (stored or failed)
         self.timeout = timeout
         self.deadline = sent + timeout
-        self.settled = False
-        self._answer: dict[str, Any] | None = None  # the module's {"id", "duplicate"}
-        self._error: ConduitError | None = None
+        self._end: Answered | Failed | None = None  # how it ended, shared by its request's
         self._callbacks: list[Callable[[Sent], None]] | None = None
         self._seen = False  # its failure was shown to the caller (result, exception)
         self._sender = sender
 
+    @property
+    def settled(self) -> bool:
+        return self._end is not None
+
+    @property
+    def settled_at(self) -> float:
+        """time.monotonic() of its end (0.0 while pending)."""
+        return self._end.settled_at if self._end is not None else 0.0
+
     def done(self) -> bool:
         """Whether it is stored or has failed."""
-        return self.settled
+        return self._end is not None
 
     def result(self, timeout: float | None = None) -> Receipt:
         """Its receipt, once stored; waits up to `timeout` seconds (None: until it ends).
@@ -116,48 +126,96 @@ class Sent:
             TimeoutError: it has not ended within `timeout`.
         """
         self._wait(timeout)
-        if self._error is not None:
+        end = self._end
+        if isinstance(end, Failed):
             self._sender._seen(self)
-            raise self._error
-        assert self._answer is not None
-        return Receipt(self._answer["id"], self._answer["duplicate"])
+            raise end.error
+        assert end is not None
+        return end.receipt(self)
 
     def exception(self, timeout: float | None = None) -> ConduitError | None:
         """Why it failed, or None once stored; waits as result() does."""
         self._wait(timeout)
-        if self._error is not None:
+        if isinstance(self._end, Failed):
             self._sender._seen(self)
-        return self._error
+            return self._end.error
+        return None
 
     def add_done_callback(self, fn: Callable[[Sent], None]) -> None:
-        """Call fn(this) when it ends: at once if it has, else on the sender thread."""
-        with self._sender._cond:
-            if not self.settled:
+        """Call fn(this) when it ends: at once if it has, else where its answer is taken."""
+        with self._sender._lock:
+            if self._end is None:
                 self._callbacks = [*(self._callbacks or []), fn]
+                self._sender._watched = True
                 return
         fn(self)
 
     def __repr__(self) -> str:
-        state = "pending" if not self.settled else "failed" if self._error else "stored"
+        end = self._end
+        state = "pending" if end is None else "failed" if isinstance(end, Failed) else "stored"
         return f"<Sent seq {self.seq} {state}>"
 
     def _wait(self, timeout: float | None) -> None:
-        if not self.settled:
-            with self._sender._cond:
-                if not self._sender._cond.wait_for(self.done, timeout):
-                    raise TimeoutError(f"packet seq {self.seq} is still pending")
+        if self._end is None and not self._sender.wait_for(self.done, timeout):
+            raise TimeoutError(f"packet seq {self.seq} is still pending")
+
+
+class Failed:
+    """How a packet that failed ended."""
+
+    __slots__ = ("error", "settled_at")
+
+    def __init__(self, error: ConduitError, settled_at: float) -> None:
+        self.error = error
+        self.settled_at = settled_at
+
+
+class Answered:
+    """The module's answer to one request, shared by the packets it stored.
+
+    Read only when a receipt is asked for: a loop that only flushes never
+    pays for decoding it.  Its form is fixed (module/conduit.c,
+    answer_item): {"id":N,"duplicate":B} for one packet, {"packets":[...]}
+    for a batch, in the request's order.
+    """
+
+    __slots__ = ("text", "settled_at", "seqs", "_items")
+
+    def __init__(self, text: str, settled_at: float, seqs: list[int]) -> None:
+        self.text = text
+        self.settled_at = settled_at
+        self.seqs = seqs  # its packets' seqs, in order (not the packets: no cycle to collect)
+        self._items: list[dict[str, Any]] | None = None
+
+    def items(self) -> list[dict[str, Any]]:
+        if self._items is None:
+            answer = json.loads(self.text)
+            self._items = answer.get("packets", [answer])
+        return self._items
+
+    def count(self) -> tuple[int, int]:
+        """How many packets it answers, and how many of those were duplicates."""
+        text = self.text
+        answered = text.count('"duplicate":')
+        if answered == text.count('"id":'):  # the fixed form
+            return answered, text.count('"duplicate":true')
+        items = self.items()
+        return len(items), sum(bool(i["duplicate"]) for i in items)
+
+    def receipt(self, packet: Sent) -> Receipt:
+        item = self.items()[self.seqs.index(packet.seq)]
+        return Receipt(item["id"], item["duplicate"])
 
 
 class Request:
     """A conduit.put in flight: its packets, and where and when it went."""
 
-    __slots__ = ("packets", "location", "sent", "rpc")
+    __slots__ = ("packets", "location", "sent")
 
     def __init__(self, packets: list[Sent], location: Location, sent: float) -> None:
         self.packets = packets
         self.location = location
         self.sent = sent
-        self.rpc: Any = None
 
 
 @dataclass
@@ -174,11 +232,91 @@ class SenderStats:
     retries: int = 0  # requests that failed with a retryable errno
 
 
+class Handle:
+    """The sender's Flux handle, for requests as plain messages and their answers.
+
+    Not thread-safe: the Sender uses it only under its lock.
+    """
+
+    def __init__(self, uri: str | None, topic: str) -> None:
+        self.flux = flux.Flux(uri) if uri else flux.Flux()  # kept: it owns the handle
+        self.ptr = self.flux.handle
+        self.pollfd = lib.flux_pollfd(self.ptr)
+        self.topic = topic.encode()
+        self._match = ffi.new("struct flux_match *")
+        self._match.typemask = lib.FLUX_MSGTYPE_ANY  # what is not an answer is dropped
+        self._match.matchtag = lib.FLUX_MATCHTAG_NONE
+        self._match.topic_glob = ffi.NULL
+        self._type = ffi.new("int *")
+        self._tag = ffi.new("uint32_t *")
+        self._errnum = ffi.new("int *")
+        self._text = ffi.new("char **")
+
+    def request(self, payload: str, rank: int) -> int:
+        """Send a request to `rank`; its matchtag.
+
+        Raises:
+            OSError: it could not be sent.
+        """
+        msg = lib.flux_request_encode(self.topic, payload.encode())
+        if msg == ffi.NULL:
+            raise OSError(ffi.errno, os.strerror(ffi.errno))
+        try:
+            tag = lib.flux_matchtag_alloc(self.ptr)
+            if tag == lib.FLUX_MATCHTAG_NONE:
+                raise OSError(errno.EAGAIN, "no matchtag free: too many requests in flight")
+            if (
+                lib.flux_msg_set_nodeid(msg, rank) < 0
+                or lib.flux_msg_set_matchtag(msg, tag) < 0
+                or lib.flux_send(self.ptr, msg, 0) < 0
+            ):
+                code = ffi.errno
+                lib.flux_matchtag_free(self.ptr, tag)
+                raise OSError(code, os.strerror(code))
+            return tag
+        finally:
+            lib.flux_msg_destroy(msg)
+
+    def answer(self) -> tuple[int, int, str] | None:
+        """An answer that has come (matchtag, errnum, payload or error text), or None.
+
+        Raises:
+            OSError: the handle failed (the broker is gone).
+        """
+        while True:
+            msg = lib.flux_recv(self.ptr, self._match[0], lib.FLUX_O_NONBLOCK)
+            if msg == ffi.NULL:
+                code = ffi.errno
+                if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return None
+                raise OSError(code, f"the conduit's Flux handle failed: {os.strerror(code)}")
+            lib.flux_msg_get_type(msg, self._type)
+            if self._type[0] == lib.FLUX_MSGTYPE_RESPONSE:
+                break
+            lib.flux_msg_destroy(msg)
+        try:
+            lib.flux_msg_get_matchtag(msg, self._tag)
+            lib.flux_msg_get_errnum(msg, self._errnum)
+            text = ""
+            if lib.flux_msg_get_string(msg, self._text) == 0 and self._text[0] != ffi.NULL:
+                text = ffi.string(self._text[0]).decode("utf-8", "replace")
+            return self._tag[0], self._errnum[0], text
+        finally:
+            lib.flux_msg_destroy(msg)
+
+    def free(self, tag: int) -> None:
+        lib.flux_matchtag_free(self.ptr, tag)
+
+    def readable(self) -> bool:
+        """Whether answers wait; re-arms pollfd (edge-triggered) for select()."""
+        return bool(lib.flux_pollevents(self.ptr) & lib.FLUX_POLLIN)
+
+
 class Sender:
-    """The send() side of one Conduit: a queue, and the thread that empties it.
+    """The send() side of one Conduit: a queue, its handle, and the thread that helps.
 
     Args:
-        conduit: the client whose producer name, seqs, timeout and handle it uses.
+        conduit: the client whose producer name, seqs, timeout and stream it uses.
         batch: at most this many packets per request.
         linger: seconds a packet waits at most for its batch to fill.
         max_pending: at most this many packets pending at once.
@@ -190,7 +328,7 @@ class Sender:
     def __init__(self, conduit: Conduit, batch: int, linger: float, max_pending: int) -> None:
         if not 1 <= batch <= MAX_PACKETS_PER_PUT:
             raise ConduitError(f"batch must be 1 to {MAX_PACKETS_PER_PUT} packets, not {batch}")
-        if not 0 <= linger < float("inf"):
+        if not 0 <= linger < NEVER:
             raise ConduitError(f"linger must be 0 or more seconds, not {linger}")
         if max_pending < 1:
             raise ConduitError(f"max_pending must be at least 1, not {max_pending}")
@@ -199,39 +337,38 @@ class Sender:
         self.linger = linger
         self.max_pending = max_pending
         self._producer = ""  # the conduit's producer name as JSON, set by start()
-        # Shared with the caller's threads, under _cond.
-        # `with self._lock` on the hot paths: Condition.__enter__ is Python code
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._incoming: deque[Sent] = deque()  # sent, not yet taken by the thread
-        self._asleep = True  # no linger timer will take _incoming: wake the thread
-        self._signalled = False  # woken, and _incoming not taken since
-        self._urgent = False  # flush(): send partial batches now
-        self._closing = False
-        self._stats = SenderStats()
-        self._failures: dict[int, list[Any]] = {}  # errno -> [count, first error], since flush
-        self._sent_since_flush = 0
-        self._unseen = 0  # of the failures since flush, those no result() or exception() showed
-        self._crash: BaseException | None = None  # what stopped the thread, if not close()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._wake_r = self._wake_w = -1
-        # The thread's own, touched by nothing else once it runs.
-        self._h: Any = None
+        # Everything below is under _lock (a Lock: nothing takes it twice).
+        self._lock = threading.Lock()
+        self._handle: Handle | None = None
         self._queue: deque[Sent] = deque()  # to send, in seq order
         self._retry: list[Sent] = []  # failed retryably, sent again once nothing is in flight
-        self._requests: dict[Request, None] = {}  # in flight, oldest first
+        self._requests: dict[int, Request] = {}  # in flight by matchtag, oldest first
+        self._abandoned: set[int] = set()  # matchtags of requests given up on: freed on an answer
         self._location: Location | None = None
         self._draining = False  # a request failed: send nothing new until all have answered
         self._relocate = False  # ... then look up the datastore again
         self._next_try = 0.0  # monotonic time of the next lookup or resend
         self._backoff = FIRST_BACKOFF
         self._problem = ""  # why the last try failed, for a timeout's message
-        self._next_expiry = float("inf")  # the earliest deadline of a pending packet
-        self._linger_at = float("inf")  # when the linger timer fires, if armed
-        self._ticking = False
-        self._linger_timer: Any = None
-        self._tick_timer: Any = None
+        self._next_expiry = NEVER  # the earliest deadline of a pending packet
+        self._urgent = False  # flush(): send partial batches now
+        self._closing = False
+        self._caller_at = -NEVER  # when a caller last took answers
+        self._thread_wakes_at = 0.0  # when the thread looks again unless woken
+        self._to_call: list[Sent] = []  # settled, with callbacks still to call
+        self._watched = False  # a callback was ever added to a pending packet
+        # sent and settled counted apart, so that a send touches one counter
+        self._sent = self._settled = self._peak = 0
+        self._stats = SenderStats()  # its other counters
+        self._seq: Iterator[int] = iter(())  # the conduit's, set by start()
+        self._failures: dict[int, list[Any]] = {}  # errno -> [count, first error], since flush
+        self._flushed_at = 0  # _sent at the last flush
+        self._unseen = 0  # of the failures since flush, those no result() or exception() showed
+        self._crash: BaseException | None = None  # what stopped the thread, if not close()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._wake_r = self._wake_w = -1
+        self._dir: kvsdir.ConduitDir | None = None  # the thread's, for finding the datastore
 
     # The caller's side.
     def send(self, text: str, timeout: float) -> Sent:
@@ -243,47 +380,58 @@ class Sender:
         now = time.monotonic()
         if self._crash is not None:
             raise ConduitError(f"the conduit's sender thread is not running: {self._crash}")
+        wake = False
         with self._lock:
-            stats = self._stats
-            if stats.pending >= self.max_pending or self._closing:
+            if self._sent - self._settled >= self.max_pending or self._closing:
                 self._wait_for_room(now, timeout)
-            seq = next(self.conduit._seq)
-            # Written as text once here: encoding a batch of dicts on the
-            # thread would escape every packet's data again (docs/performance.md).
-            data = JSON_STRING(text)
-            payload = f'{{"data":{data},"producer":{self._producer},"seq":{seq}}}'
+            seq = next(self._seq)
+            # Written as text once here: encoding a batch of dicts later
+            # would escape every packet's data again (docs/performance.md).
+            payload = f'{{"data":{JSON_STRING(text)},"producer":{self._producer},"seq":{seq}}}'
             packet = Sent(seq, payload, timeout, now, self)
-            incoming = self._incoming
-            incoming.append(packet)
-            stats.sent += 1
-            pending = stats.pending = stats.pending + 1
-            if pending > stats.peak_pending:
-                stats.peak_pending = pending
-            self._sent_since_flush += 1
-            # A full batch wakes the thread too (once until it takes them):
-            # it gets the GIL then at the latest after Python's switch
-            # interval, rather than at the linger timer.
-            full = len(incoming) % self.batch == 0
-            wake = (self._asleep or full) and not self._signalled
-            self._asleep = False
-            self._signalled |= wake
+            queue = self._queue
+            queue.append(packet)
+            pending = (sent := self._sent + 1) - self._settled
+            self._sent = sent
+            if pending > self._peak:
+                self._peak = pending
+            if packet.deadline < self._next_expiry:
+                self._next_expiry = packet.deadline
+            if len(queue) >= self.batch:
+                self._pump(now, by_caller=True)
+                wake = self._due(now) < self._thread_wakes_at
+            elif len(queue) == 1:  # its linger starts: the thread sends it if no batch fills
+                wake = now + self.linger < self._thread_wakes_at
+            callbacks = self._take_callbacks() if self._to_call else None
         if wake:
             self._wake()
+        if callbacks:
+            _call_back(callbacks)
         return packet
 
     def _wait_for_room(self, now: float, timeout: float) -> None:
         """Wait (holding _lock) until fewer than max_pending are pending; raise if closed."""
-        while self._stats.pending >= self.max_pending and not self._closing:
-            left = now + timeout - time.monotonic()
-            if left <= 0:
-                raise ConduitError(
-                    f"{self.max_pending} packets are pending (max_pending), and none was "
-                    f"stored or failed within {timeout:.3g}s; this one was not sent",
-                    errno.ETIMEDOUT,
-                )
-            self._cond.wait(left)
+
+        def room() -> bool:
+            return self._sent - self._settled < self.max_pending or self._closing
+
+        if not self._progress(room, now + timeout):
+            raise ConduitError(
+                f"{self.max_pending} packets are pending (max_pending), and none was "
+                f"stored or failed within {timeout:.3g}s; this one was not sent",
+                errno.ETIMEDOUT,
+            )
         if self._closing:
             raise ConduitError("the client is closed; make a new Conduit to send more")
+
+    def wait_for(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Make progress until done() (True) or the timeout (False)."""
+        deadline = NEVER if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            finished = self._progress(done, deadline)
+            callbacks = self._take_callbacks()
+        _call_back(callbacks)
+        return finished
 
     def flush(self, timeout: float | None, unseen_only: bool = False) -> None:
         """Wait until nothing is pending; raise one ConduitError for what failed.
@@ -292,28 +440,26 @@ class Sender:
         """
         if self._thread is None:
             return
-        deadline = float("inf") if timeout is None else time.monotonic() + timeout
-        with self._cond:
+        deadline = NEVER if timeout is None else time.monotonic() + timeout
+        with self._lock:
             self._urgent = True
-        self._wake()
-        with self._cond:
-            while self._stats.pending:
-                if not self._thread.is_alive():
-                    raise ConduitError(
-                        f"the conduit's sender thread stopped ({self._crash!r}) with "
-                        f"{self._stats.pending} packets pending"
-                    )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ConduitError(
-                        f"{self._stats.pending} packets were still pending after {timeout:.3g}s; "
-                        "each is tried until its own timeout",
-                        errno.ETIMEDOUT,
-                    )
-                self._cond.wait(min(left, 1.0))
-            failures, self._failures = self._failures, {}
-            sent, self._sent_since_flush = self._sent_since_flush, 0
-            unseen, self._unseen = self._unseen, 0
+            try:
+                flushed = self._progress(lambda: self._sent == self._settled, deadline)
+            finally:
+                callbacks = self._take_callbacks()
+            if flushed:
+                failures, self._failures = self._failures, {}
+                sent, self._flushed_at = self._sent - self._flushed_at, self._sent
+                unseen, self._unseen = self._unseen, 0
+            else:
+                pending = self._sent - self._settled
+        _call_back(callbacks)
+        if not flushed:
+            raise ConduitError(
+                f"{pending} packets were still pending after {timeout:.3g}s; "
+                "each is tried until its own timeout",
+                errno.ETIMEDOUT,
+            )
         if failures and (unseen or not unseen_only):
             raise flush_error(failures, sent)
 
@@ -322,9 +468,8 @@ class Sender:
         try:
             self.flush(timeout, unseen_only)
         finally:
-            with self._cond:
+            with self._lock:
                 self._closing = True
-                self._cond.notify_all()
             if self._thread is not None:
                 self._wake()
                 self._thread.join(STOP_TIMEOUT)
@@ -336,14 +481,17 @@ class Sender:
 
     def _seen(self, packet: Sent) -> None:
         """A failure shown to the caller: not worth a line at exit."""
-        with self._cond:
+        with self._lock:
             if not packet._seen:
                 packet._seen = True
                 self._unseen = max(self._unseen - 1, 0)
 
     def stats(self) -> SenderStats:
-        with self._cond:
-            return SenderStats(**vars(self._stats))
+        with self._lock:
+            stats = SenderStats(**vars(self._stats))
+            stats.sent, stats.pending = self._sent, self._sent - self._settled
+            stats.peak_pending = self._peak
+            return stats
 
     def start(self, uri: str | None) -> None:
         """Start the thread, once, and wait until it is connected to Flux.
@@ -355,6 +503,7 @@ class Sender:
             if self._thread is not None or self._crash is not None:
                 return
             self._producer = json.dumps(self.conduit.producer)
+            self._seq = self.conduit._seq
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -380,81 +529,150 @@ class Sender:
         with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
             os.write(self._wake_w, b"w")
 
+    def _progress(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Take answers and send what may go until done() or the deadline (holding _lock).
+
+        Between tries it lets go of the lock and waits for an answer (or a
+        short while, when none is in flight: the thread is finding the
+        datastore, or a retry is backing off).
+        """
+        while True:
+            now = time.monotonic()
+            self._pump(now, by_caller=True)
+            if done():
+                return True
+            if self._crash is not None:
+                raise ConduitError(
+                    f"the conduit's sender thread stopped ({self._crash!r}) with "
+                    f"{self._sent - self._settled} packets pending"
+                )
+            left = deadline - now
+            if left <= 0:
+                return False
+            assert self._handle is not None
+            watch = bool(self._requests)
+            if watch and self._handle.readable():
+                continue
+            wait = min(left, max(self._due(now) - now, 0.0), TICK if watch else GRACE)
+            if self._due(now) < self._thread_wakes_at:  # the datastore to find, say
+                self._wake()
+            callbacks = self._take_callbacks()
+            self._lock.release()
+            try:
+                _call_back(callbacks)
+                if watch:
+                    select.select([self._handle.pollfd], [], [], wait)
+                else:
+                    time.sleep(wait)
+            finally:
+                self._lock.acquire()
+
     # The thread's side.
     def _run(self, uri: str | None, ready: threading.Event) -> None:
         try:
-            self._h = flux.Flux(uri) if uri else flux.Flux()
-            self._dir = kvsdir.ConduitDir(self._h, self.conduit.stream)
-            wake = self._h.fd_watcher_create(self._wake_r, self._event(self._on_wake))
-            wake.start()
-            self._linger_timer = self._h.timer_watcher_create(self.linger, self._event())
-            self._tick_timer = self._h.timer_watcher_create(TICK, self._event(), repeat=TICK)
-            with contextlib.suppress(ConduitError):  # ready before the first send, if it can be
+            handle = Handle(uri, self.conduit.topic)
+            lookups = flux.Flux(uri) if uri else flux.Flux()  # the KVS's, the thread's alone
+            self._dir = kvsdir.ConduitDir(lookups, self.conduit.stream)
+            try:  # ready before the first send, if it can be
                 self._location = self.conduit.location = locate(self._dir, deadline=0)
+            except ConduitError as exc:
+                self._problem = str(exc)
+            self._handle = handle
         except BaseException as exc:
             self._crash = exc
             return
         finally:
             ready.set()
         try:
-            self._h.reactor_run()
+            while self._step():
+                pass
         except BaseException as exc:  # a bug: fail every pending packet with it, never hang
             self._crash = exc
         finally:
             why = f" ({self._crash!r})" if self._crash else ""
-            self._fail_all(
-                ConduitError(
-                    f"the client was closed before this packet was stored{why}", errno.ECANCELED
+            with self._lock:
+                self._fail_all(
+                    ConduitError(
+                        f"the client was closed before this packet was stored{why}",
+                        errno.ECANCELED,
+                    )
                 )
-            )
-            wake.stop()
+                callbacks = self._take_callbacks()
+            _call_back(callbacks)
 
-    def _event(self, first: Callable[[], None] | None = None) -> Callable[..., None]:
-        """A watcher callback: `first`, then a pump; any exception stops the thread."""
-
-        def callback(*_: Any) -> None:
-            try:
-                if first:
-                    first()
-                self._pump()
-            except BaseException as exc:
-                self._crash = exc
-                self._h.reactor_stop()
-
-        return callback
-
-    def _on_wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 4096):
-                pass
-
-    def _on_response(self, rpc: Any, request: Request) -> None:
-        try:
-            if request in self._requests:
-                del self._requests[request]
-                try:
-                    answer = rpc.get()
-                except OSError as exc:
-                    self._failed(request, exc)
-                else:
-                    self._stored(request.packets, answer.get("packets", [answer]))
-                    self._backoff, self._problem = FIRST_BACKOFF, ""
-            self._pump()
-        except BaseException as exc:
-            self._crash = exc
-            self._h.reactor_stop()
-
-    def _pump(self) -> None:
-        """Take new packets, expire old ones, send what may go, set the timers."""
-        now = time.monotonic()
+    def _step(self) -> bool:
+        """One look: do what is due, then sleep until the next thing is; False once closed."""
+        assert self._handle is not None
         with self._lock:
-            self._signalled = False
-            if self._incoming:
-                earliest = min(map(DEADLINE, self._incoming))
-                self._next_expiry = min(self._next_expiry, earliest)
-                self._queue.extend(self._incoming)
-                self._incoming.clear()
-            urgent, closing = self._urgent, self._closing
+            if self._closing:
+                return False
+            now = time.monotonic()
+            self._thread_wakes_at = 0.0  # awake: nobody need wake it
+            quiet = now - self._caller_at >= GRACE  # no caller is taking answers
+            if quiet or self._due(now) <= now:
+                self._pump(now, by_caller=False)
+            find = (
+                self._location is None
+                and bool(self._queue)
+                and not self._draining
+                and now >= self._next_try
+            )
+            watch = quiet and bool(self._requests)
+            again = find or (watch and self._handle.readable())
+            if not again:
+                wakes_at = self._due(now)
+                if not quiet:
+                    wakes_at = min(wakes_at, self._caller_at + GRACE)
+                if self._requests:
+                    wakes_at = min(wakes_at, now + TICK)
+                self._thread_wakes_at = wakes_at
+            earliest = min((p.deadline for p in self._queue), default=now)
+            callbacks = self._take_callbacks()
+        _call_back(callbacks)
+        if find:
+            self._find_datastore(earliest)
+        elif not again:
+            fds = [self._wake_r, self._handle.pollfd] if watch else [self._wake_r]
+            timeout = None if wakes_at == NEVER else max(wakes_at - now, 0.0)
+            readable, _, _ = select.select(fds, [], [], timeout)
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+        return True
+
+    def _find_datastore(self, earliest: float) -> None:
+        """Look the datastore up (without the lock: it may wait up to MAX_BACKOFF).
+
+        One look first, so that a packet that times out meanwhile says why.
+        """
+        assert self._dir is not None
+        now = time.monotonic()
+        for deadline in (now, min(earliest, now + MAX_BACKOFF)):
+            try:
+                location = locate(self._dir, deadline)
+            except ConduitError as exc:
+                with self._lock:
+                    self._problem = str(exc)
+                continue
+            with self._lock:
+                self._location = self.conduit.location = location
+            return
+        with self._lock:
+            self._back_off(time.monotonic())
+
+    # Under the lock, on either side.
+    def _pump(self, now: float, by_caller: bool) -> None:
+        """Take the answers that came, expire old packets, send what may go."""
+        if by_caller:
+            self._caller_at = now
+        if self._requests:
+            try:
+                self._take_answers()
+            except OSError as exc:  # the broker is gone: nothing can be stored any more
+                self._crash = exc
+                self._fail_all(ConduitError(str(exc), exc.errno))
+                return
         if now >= self._next_expiry:
             self._expire(now)
         if self._draining and not self._requests:
@@ -463,74 +681,77 @@ class Sender:
             self._retry.clear()
             if self._relocate:
                 self._relocate, self._location = False, None
-        if not self._draining and self._queue and now >= self._next_try:
+        if (
+            self._queue
+            and self._location is not None
+            and not self._draining
+            and now >= self._next_try
+        ):
+            self._send_ready(now)
+
+    def _due(self, now: float) -> float:
+        """When something must be done next, with no new send or answer."""
+        due = self._next_expiry
+        if self._retry or self._draining:
+            due = min(due, self._next_try)
+        elif self._queue:
             if self._location is None:
-                self._find_datastore(now)
-            if self._location is not None:
-                self._send_ready(now, urgent)
-        busy = bool(self._queue or self._retry or self._requests)
-        if busy != self._ticking:
-            self._ticking = busy
-            (self._tick_timer.start if busy else self._tick_timer.stop)()
-        with self._lock:  # a wake-up per linger at most, not per packet or batch
-            arrived = self._incoming[0].sent_at if self._incoming else None
-            self._asleep = arrived is None and self._linger_at <= now
-        if arrived is not None:
-            self._linger(now, arrived + self.linger)
-        if closing:  # after close()'s flush: what is still pending fails (ECANCELED)
-            self._h.reactor_stop()
+                due = min(due, self._next_try)
+            else:
+                leaves = now if self._urgent else self._queue[0].sent_at + self.linger
+                due = min(due, max(leaves, self._next_try))
+        return due
 
-    def _find_datastore(self, now: float) -> None:
-        earliest = min(p.deadline for p in self._queue)
-        try:
-            self._location = locate(self._dir, min(earliest, now + MAX_BACKOFF))
-            self.conduit.location = self._location
-        except ConduitError as exc:
-            self._problem = str(exc)
-            self._back_off(time.monotonic())
+    def _take_answers(self) -> None:
+        assert self._handle is not None
+        handle, requests = self._handle, self._requests
+        while (answer := handle.answer()) is not None:
+            tag, errnum, text = answer
+            request = requests.pop(tag, None)
+            if request is None:
+                if tag in self._abandoned:  # a late answer: its matchtag may be reused now
+                    self._abandoned.discard(tag)
+                    handle.free(tag)
+                continue
+            handle.free(tag)
+            if errnum:
+                self._failed(request, OSError(errnum, text or os.strerror(errnum)))
+                continue
+            self._stored(request.packets, text)
+            self._backoff, self._problem = FIRST_BACKOFF, ""
 
-    def _send_ready(self, now: float, urgent: bool) -> None:
+    def _send_ready(self, now: float) -> None:
         """Send full batches; a partial one if flushing or its oldest has lingered enough."""
         queue = self._queue
         while len(queue) >= self.batch:
             self._request([queue.popleft() for _ in range(self.batch)], now)
-        if not queue:
-            return
-        due = queue[0].sent_at + self.linger
-        if urgent or now >= due:
+        if queue and (self._urgent or now >= queue[0].sent_at + self.linger):
             self._request(list(queue), now)
             queue.clear()
-        else:
-            self._linger(now, due)
-
-    def _linger(self, now: float, due: float) -> None:
-        """Have the linger timer fire by `due`."""
-        if not now < self._linger_at <= due:
-            self._linger_timer.stop()
-            self._linger_timer.reset(after=max(due - now, 0))
-            self._linger_at = due
 
     def _request(self, packets: list[Sent], now: float) -> None:
-        assert self._location is not None
+        assert self._location is not None and self._handle is not None
         request = Request(packets, self._location, now)
-        self._requests[request] = None
         self._stats.requests += 1
         if len(packets) == 1:
             payload = packets[0].payload
         else:
             payload = '{"packets":[' + ",".join(p.payload for p in packets) + "]}"
         try:
-            rpc = self._h.rpc(self.conduit.topic, payload, nodeid=self._location.rank)
+            tag = self._handle.request(payload, self._location.rank)
         except OSError as exc:
-            del self._requests[request]
             self._failed(request, exc)
             return
-        request.rpc = rpc.then(self._on_response, request)
+        self._requests[tag] = request
+
+    def _abandon(self, tag: int) -> None:
+        del self._requests[tag]
+        self._abandoned.add(tag)  # its answer, if one comes, is ignored
 
     def _failed(self, request: Request, exc: OSError) -> None:
         """A request answered with an error: send it again later, or fail its packets."""
         code, reason, problem = failure(exc, request.location, self.conduit.stream)
-        live = [p for p in request.packets if not p.settled]
+        live = [p for p in request.packets if p._end is None]
         if code in RETRYABLE_ERRNOS:
             self._stats.retries += 1
             self._problem = problem
@@ -542,35 +763,37 @@ class Sender:
         if named and int(named[1]) < len(request.packets):
             bad = request.packets[int(named[1])]
             message = f"{request.location} refused packet seq {bad.seq}: conduit.put: "
-            self._settle([(bad, None, ConduitError(message + reason[named.end() :], code))])
+            self._settle([(bad, ConduitError(message + reason[named.end() :], code))])
             self._retry.extend(p for p in live if p is not bad)  # refused with it, not stored
             self._draining = True
             return
         which = f"seq {live[0].seq}" if len(live) == 1 else f"seqs {live[0].seq}-{live[-1].seq}"
         error = ConduitError(f"{request.location} refused packet {which}: {reason}", code)
-        self._settle([(p, None, error) for p in live])
+        self._settle([(p, error) for p in live])
 
     def _expire(self, now: float) -> None:
         """Fail packets past their deadline; give up on requests nobody answers."""
-        for request in list(self._requests):
+        for tag, request in list(self._requests.items()):
             late = [p for p in request.packets if p.deadline <= now]
-            self._settle([(p, None, self._timed_out(p, request.location)) for p in late])
-            if all(p.settled for p in request.packets):
-                del self._requests[request]  # its answer, if one comes, is ignored
+            self._settle([(p, self._timed_out(p, request.location)) for p in late])
+            if all(p._end is not None for p in request.packets):
+                self._abandon(tag)
             elif now - request.sent >= REQUEST_TIMEOUT:
-                del self._requests[request]
+                self._abandon(tag)
                 self._failed(request, TimeoutError(errno.ETIMEDOUT, "no answer"))
         for waiting in (self._queue, self._retry):
             late = [p for p in waiting if p.deadline <= now]
             if late:
-                self._settle([(p, None, self._timed_out(p, None)) for p in late])
+                self._settle([(p, self._timed_out(p, None)) for p in late])
                 keep = [p for p in waiting if p.deadline > now]
                 waiting.clear()
                 waiting.extend(keep)
-        pending = [*self._queue, *self._retry, *(p for r in self._requests for p in r.packets)]
-        self._next_expiry = min(
-            (p.deadline for p in pending if not p.settled), default=float("inf")
-        )
+        pending = [
+            *self._queue,
+            *self._retry,
+            *(p for r in self._requests.values() for p in r.packets),
+        ]
+        self._next_expiry = min((p.deadline for p in pending if p._end is None), default=NEVER)
 
     def _timed_out(self, packet: Sent, location: Location | None) -> ConduitError:
         problem = self._problem or (f"{location} has not answered" if location else "")
@@ -584,79 +807,78 @@ class Sender:
         self._next_try = now + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
-    def _stored(self, packets: list[Sent], answers: list[dict[str, Any]]) -> None:
-        """The datastore's answers to a request: each packet stored (or a duplicate)."""
-        now = time.monotonic()
-        done = []
-        duplicates = 0
-        with self._lock:
-            for packet, answer in zip(packets, answers):
-                if packet.settled:
-                    continue
-                packet.settled = True
-                packet.settled_at = now
-                packet._answer = answer
+    def _stored(self, packets: list[Sent], text: str) -> None:
+        """The datastore's answer to a request: each packet stored (or a duplicate)."""
+        answered = Answered(text, time.monotonic(), [p.seq for p in packets])
+        count, duplicates = answered.count()
+        if count < len(packets):  # the rest stay pending, and expire
+            packets = packets[:count]
+        late = 0
+        for packet in packets:  # one field each: the hot path of a loop
+            if packet._end is None:
+                packet._end = answered
                 packet.payload = SETTLED  # its data is not kept with the future
-                done.append(packet)
-                duplicates += answer["duplicate"]
-            self._count(done, len(done), duplicates)
-        self._call_back(done)
+            else:  # past its deadline already: counted as failed
+                late += 1
+        if late:
+            items = answered.items()
+            duplicates -= sum(
+                bool(items[i]["duplicate"]) for i, p in enumerate(packets) if p._end is not answered
+            )
+        if self._watched:
+            self._to_call.extend(p for p in packets if p._callbacks and p._end is answered)
+        self._count(len(packets) - late, len(packets) - late, duplicates)
 
-    def _settle(
-        self, outcomes: list[tuple[Sent, dict[str, Any] | None, ConduitError | None]]
-    ) -> None:
-        """Give each packet its answer or error, once, and free its place."""
+    def _settle(self, failures: list[tuple[Sent, ConduitError]]) -> None:
+        """Fail each packet with its error, once, and free its place."""
         now = time.monotonic()
-        done = []
-        stored = duplicates = 0
-        with self._cond:
-            for packet, answer, error in outcomes:
-                if packet.settled:
-                    continue
-                packet.settled = True
-                packet.settled_at = now
-                packet._answer, packet._error = answer, error
-                packet.payload = SETTLED
-                done.append(packet)
-                if error is None:
-                    stored += 1
-                    duplicates += answer["duplicate"] if answer else 0
-                else:
-                    entry = self._failures.setdefault(error.errno or 0, [0, error])
-                    entry[0] += 1
-            self._count(done, stored, duplicates)
-        self._call_back(done)
+        done = 0
+        for packet, error in failures:
+            if packet._end is not None:
+                continue
+            packet._end = Failed(error, now)
+            packet.payload = SETTLED
+            if packet._callbacks:
+                self._to_call.append(packet)
+            done += 1
+            entry = self._failures.setdefault(error.errno or 0, [0, error])
+            entry[0] += 1
+        self._count(done, 0, 0)
 
-    def _count(self, done: list[Sent], stored: int, duplicates: int) -> None:
-        """Count packets just settled and free their places (holding _cond)."""
+    def _count(self, done: int, stored: int, duplicates: int) -> None:
+        """Count packets just settled and free their places."""
         if not done:
             return
         stats = self._stats
         stats.stored += stored
         stats.duplicates += duplicates
-        stats.failed += len(done) - stored
-        self._unseen += len(done) - stored
-        stats.pending -= len(done)
-        if stats.pending == 0:
+        stats.failed += done - stored
+        self._unseen += done - stored
+        self._settled += done
+        if self._sent == self._settled:
             self._urgent = False
-        self._cond.notify_all()
 
-    @staticmethod
-    def _call_back(done: list[Sent]) -> None:
-        for packet in done:
-            if packet._callbacks:
-                for fn in packet._callbacks:
-                    fn(packet)
+    def _take_callbacks(self) -> list[Sent]:
+        callbacks, self._to_call = self._to_call, []
+        return callbacks
 
     def _fail_all(self, error: ConduitError) -> None:
-        with self._cond:
-            self._queue.extend(self._incoming)
-            self._incoming.clear()
-        pending = [*self._queue, *self._retry, *(p for r in self._requests for p in r.packets)]
+        pending = [
+            *self._queue,
+            *self._retry,
+            *(p for r in self._requests.values() for p in r.packets),
+        ]
         self._queue.clear()
         self._retry.clear()
         self._requests.clear()
-        self._settle([(p, None, error) for p in pending])
+        self._settle([(p, error) for p in pending])
+
+
+def _call_back(done: list[Sent]) -> None:
+    """Call the done-callbacks of packets just settled (without the sender's lock)."""
+    for packet in done:
+        for fn in packet._callbacks or ():
+            fn(packet)
 
 
 def flush_error(failures: dict[int, list[Any]], sent: int) -> ConduitError:
