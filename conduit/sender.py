@@ -721,13 +721,22 @@ class Sender:
             self._backoff, self._problem = FIRST_BACKOFF, ""
 
     def _send_ready(self, now: float) -> None:
-        """Send full batches; a partial one if flushing or its oldest has lingered enough."""
-        queue = self._queue
-        while len(queue) >= self.batch:
-            self._request([queue.popleft() for _ in range(self.batch)], now)
-        if queue and (self._urgent or now >= queue[0].sent_at + self.linger):
-            self._request(list(queue), now)
+        """Send full batches; a partial one if flushing or its oldest has lingered enough.
+
+        It stops at a request that could not be sent: nothing may overtake it.
+        """
+        queue, batch = self._queue, self.batch
+        while len(queue) >= batch and not self._draining:
+            if len(queue) == batch:  # the common case: the send that filled it
+                packets = list(queue)
+                queue.clear()
+            else:
+                packets = [queue.popleft() for _ in range(batch)]
+            self._request(packets, now)
+        if queue and not self._draining and (self._urgent or now >= queue[0].sent_at + self.linger):
+            packets = list(queue)
             queue.clear()
+            self._request(packets, now)
 
     def _request(self, packets: list[Sent], now: float) -> None:
         assert self._location is not None and self._handle is not None
@@ -736,7 +745,7 @@ class Sender:
         if len(packets) == 1:
             payload = packets[0].payload
         else:
-            payload = '{"packets":[' + ",".join(p.payload for p in packets) + "]}"
+            payload = '{"packets":[' + ",".join([p.payload for p in packets]) + "]}"
         try:
             tag = self._handle.request(payload, self._location.rank)
         except OSError as exc:

@@ -76,6 +76,8 @@ def test_sends_across_a_killed_datastore_restarted_elsewhere(
         assert all(isinstance(outcome, list) for outcome in report["outcomes"])  # stored
         assert report["stats"]["pending"] == 0
         assert report["stats"]["peak_pending"] <= 4096
+        # the duplicates counted from the answers' text, as their receipts say
+        assert report["stats"]["duplicates"] == sum(o[1] for o in report["outcomes"])
         # each producer's packets in the store, in the order sent
         producer = report["producer"]
         mine = [k for k in keys if k.startswith(f"{producer}/")]
