@@ -158,6 +158,8 @@ class Sent:
     def _wait(self, timeout: float | None) -> None:
         if self._end is None and not self._sender.wait_for(self.done, timeout):
             raise TimeoutError(f"packet seq {self.seq} is still pending")
+        if self._end is None:  # nothing holds it: lost to an interrupted send (_lost)
+            self._end = Failed(self._sender._lost_error, time.monotonic())
 
 
 class Failed:
@@ -369,6 +371,9 @@ class Sender:
         self._start_lock = threading.Lock()
         self._wake_r = self._wake_w = -1
         self._dir: kvsdir.ConduitDir | None = None  # the thread's, for finding the datastore
+        self._lost_error = ConduitError(
+            "not sent: the send or flush that held it was interrupted", errno.ECANCELED
+        )
 
     # The caller's side.
     def send(self, text: str, timeout: float) -> Sent:
@@ -389,14 +394,14 @@ class Sender:
             # would escape every packet's data again (docs/performance.md).
             payload = f'{{"data":{JSON_STRING(text)},"producer":{self._producer},"seq":{seq}}}'
             packet = Sent(seq, payload, timeout, now, self)
-            queue = self._queue
-            queue.append(packet)
             pending = (sent := self._sent + 1) - self._settled
             self._sent = sent
             if pending > self._peak:
                 self._peak = pending
             if packet.deadline < self._next_expiry:
                 self._next_expiry = packet.deadline
+            queue = self._queue
+            queue.append(packet)
             if len(queue) >= self.batch:
                 self._pump(now, by_caller=True)
                 wake = self._due(now) < self._thread_wakes_at
@@ -541,6 +546,10 @@ class Sender:
             self._pump(now, by_caller=True)
             if done():
                 return True
+            if not (self._queue or self._retry or self._requests):
+                if self._sent > self._settled:
+                    self._lost()
+                return True  # nothing can happen that done() waits for
             if self._crash is not None:
                 raise ConduitError(
                     f"the conduit's sender thread stopped ({self._crash!r}) with "
@@ -566,6 +575,19 @@ class Sender:
                     time.sleep(wait)
             finally:
                 self._lock.acquire()
+
+    def _lost(self) -> None:
+        """Fail the packets counted as pending that nothing holds.
+
+        Only a KeyboardInterrupt (or another exception raised in the
+        caller's thread) between taking packets and sending them leaves
+        such: without this, the flush at exit would wait for them forever.
+        """
+        lost = self._sent - self._settled
+        error = self._lost_error
+        entry = self._failures.setdefault(error.errno or 0, [0, error])
+        entry[0] += lost
+        self._count(lost, 0, 0)
 
     # The thread's side.
     def _run(self, uri: str | None, ready: threading.Event) -> None:

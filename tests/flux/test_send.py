@@ -215,6 +215,59 @@ def test_a_script_that_never_flushes_gets_its_packets_out_at_exit(
     assert store["store"] == {f"unflushed-{i}": i for i in range(500)}
 
 
+# A KeyboardInterrupt in the send that fills the second batch, raised where
+# that batch leaves (a fault injected into the sender's handle): the packets
+# it held fail, the rest are stored, and closing ends instead of waiting for
+# packets that nothing holds any more.
+INTERRUPTED_JOB = """
+import json, time
+from conduit import sender
+from conduit.client import Conduit, ConduitError
+conduit = Conduit(timeout=30)
+real, calls = sender.Handle.request, []
+def request(handle, payload, rank):
+    calls.append(rank)
+    if len(calls) == 2:
+        raise KeyboardInterrupt
+    return real(handle, payload, rank)
+sender.Handle.request = request
+futures, interrupted_at = [], None
+for i in range(200):
+    try:
+        futures.append(conduit.send({f"k{i}": i}))
+    except KeyboardInterrupt:
+        interrupted_at = i
+start = time.monotonic()
+try:
+    conduit.close()
+    error = None
+except ConduitError as exc:
+    error = [exc.errno, str(exc)]
+print(json.dumps({"interrupted_at": interrupted_at, "seconds": time.monotonic() - start,
+                  "error": error, "stats": vars(conduit.send_stats),
+                  "failed": [i for i, f in enumerate(futures) if f.exception()]}))
+"""
+
+
+def test_an_interrupted_send_fails_what_it_held_and_close_ends(
+    flux_instance: NativeInstance,
+) -> None:
+    ds = datastore(flux_instance, "--packets", "0")
+    report = json.loads(flux_instance.python(INTERRUPTED_JOB, timeout=60).stdout)
+    store = flux_instance.durable_store()
+    stop(flux_instance, ds)
+    assert report["interrupted_at"] == 127  # the send that filled the second batch of 64
+    assert report["seconds"] < 5  # not each packet's timeout (30 s), nor forever
+    code, message = report["error"]
+    assert code == errno.ECANCELED
+    assert message.startswith("64 of 200 packets sent since the last flush failed: not sent: ")
+    assert report["failed"] == list(range(64, 127))  # the 128th raised: no future of it
+    stats = report["stats"]
+    assert (stats["sent"], stats["stored"], stats["failed"], stats["pending"]) == (200, 136, 64, 0)
+    kept = [i for i in range(200) if not 64 <= i < 128]
+    assert store["store"] == {f"k{i}": i for i in kept}
+
+
 # A job that runs its own reactor on its own handle: a timer sends a packet
 # and pings the broker each tick, and keeps the reactor running until every
 # future is done, without a flush; a guard timer gives up after 60 s.
