@@ -326,10 +326,13 @@ def main(args: argparse.Namespace) -> int:
             f"loop/batched = {results['loop_batched_ratio'][p]:.2f}"
         )
     for p, c in results["consumer"].items():
-        print(
-            f"P={p}: consumer {c['per_second']:.0f} pkt/s following the follow path, "
-            f"{c['lag_ms']:.1f} ms behind the datastore at the end"
+        lag = c["lag_ms"]  # below 0: it read the last packet before its producer had the ack
+        end = (
+            f"{lag:.1f} ms behind the datastore at the end"
+            if lag >= 0
+            else f"level with the datastore at the end ({-lag:.1f} ms before the last ack)"
         )
+        print(f"P={p}: consumer {c['per_second']:.0f} pkt/s following the follow path, {end}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results: {args.json}")
