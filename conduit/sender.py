@@ -562,7 +562,8 @@ class Sender:
             watch = bool(self._requests)
             if watch and self._handle.readable():
                 continue
-            wait = min(left, max(self._due(now) - now, 0.0), TICK if watch else GRACE)
+            # answers wake it; else the thread is finding the datastore, or a back-off runs
+            wait = min(left, max(self._due(now) - now, 0.0), TICK) if watch else min(left, GRACE)
             if self._due(now) < self._thread_wakes_at:  # the datastore to find, say
                 self._wake()
             callbacks = self._take_callbacks()
@@ -712,10 +713,15 @@ class Sender:
             self._send_ready(now)
 
     def _due(self, now: float) -> float:
-        """When something must be done next, with no new send or answer."""
+        """When something must be done next, with no new send or answer.
+
+        While a drain waits for the requests in flight, only their answers
+        (or deadlines) can end it: a resend's back-off is not due before.
+        """
         due = self._next_expiry
-        if self._retry or self._draining:
-            due = min(due, self._next_try)
+        if self._draining:
+            if not self._requests:  # over: the next pump sends the retries
+                due = min(due, now)
         elif self._queue:
             if self._location is None:
                 due = min(due, self._next_try)

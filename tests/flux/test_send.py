@@ -268,6 +268,33 @@ def test_an_interrupted_send_fails_what_it_held_and_close_ends(
     assert store["store"] == {f"k{i}": i for i in kept}
 
 
+# When the sender next has something to do while a drain (after a retryable
+# failure) waits for requests still in flight: not at the end of the resend's
+# back-off, or the thread and a flushing caller would spin until they answer.
+DUE_JOB = """
+import json, time
+from conduit.client import Conduit
+from conduit.sender import Request
+conduit = Conduit(timeout=30)
+sender = conduit._sender
+now = time.monotonic()
+with sender._lock:
+    sender._draining, sender._next_try = True, now - 1.0
+    sender._requests[999999] = Request([], conduit.location, now)
+    in_flight = sender._due(now) - now
+    sender._requests.clear()
+    over = sender._due(now) - now
+    sender._draining = False
+print(json.dumps({"in_flight": in_flight, "over": over}))
+"""
+
+
+def test_a_drain_waits_for_answers_not_for_its_back_off(flux_instance: NativeInstance) -> None:
+    report = json.loads(flux_instance.python(DUE_JOB, timeout=60).stdout)
+    assert report["in_flight"] > 1  # nothing due but deadlines (30 s) until an answer
+    assert report["over"] <= 0  # the drain is over: resend now
+
+
 # A job that runs its own reactor on its own handle: a timer sends a packet
 # and pings the broker each tick, and keeps the reactor running until every
 # future is done, without a flush; a guard timer gives up after 60 s.
