@@ -106,10 +106,6 @@ class Sent:
         self._sender = sender
 
     @property
-    def settled(self) -> bool:
-        return self._end is not None
-
-    @property
     def settled_at(self) -> float:
         """time.monotonic() of its end (0.0 while pending)."""
         return self._end.settled_at if self._end is not None else 0.0
