@@ -335,7 +335,7 @@ class Sender:
         self.linger = linger
         self.max_pending = max_pending
         self._producer = ""  # the conduit's producer name as JSON, set by start()
-        # Everything below is under _lock (a Lock: nothing takes it twice).
+        # From here to _unseen, under _lock (a Lock: nothing takes it twice).
         self._lock = threading.Lock()
         self._handle: Handle | None = None
         self._queue: deque[Sent] = deque()  # to send, in seq order
@@ -558,9 +558,10 @@ class Sender:
             watch = bool(self._requests)
             if watch and self._handle.readable():
                 continue
+            due = self._due(now)
             # answers wake it; else the thread is finding the datastore, or a back-off runs
-            wait = min(left, max(self._due(now) - now, 0.0), TICK) if watch else min(left, GRACE)
-            if self._due(now) < self._thread_wakes_at:  # the datastore to find, say
+            wait = min(left, max(due - now, 0.0), TICK) if watch else min(left, GRACE)
+            if due < self._thread_wakes_at:  # the datastore to find, say
                 self._wake()
             callbacks = self._take_callbacks()
             self._lock.release()
@@ -581,9 +582,7 @@ class Sender:
         such: without this, the flush at exit would wait for them forever.
         """
         lost = self._sent - self._settled
-        error = self._lost_error
-        entry = self._failures.setdefault(error.errno or 0, [0, error])
-        entry[0] += lost
+        self._note_failures(self._lost_error, lost)
         self._count(lost, 0, 0)
 
     # The thread's side.
@@ -645,7 +644,7 @@ class Sender:
                 if self._requests:
                     wakes_at = min(wakes_at, now + TICK)
                 self._thread_wakes_at = wakes_at
-            earliest = min((p.deadline for p in self._queue), default=now)
+            earliest = min(p.deadline for p in self._queue) if find else now
             callbacks = self._take_callbacks()
         _call_back(callbacks)
         if find:
@@ -874,9 +873,13 @@ class Sender:
             if packet._callbacks:
                 self._to_call.append(packet)
             done += 1
-            entry = self._failures.setdefault(error.errno or 0, [0, error])
-            entry[0] += 1
+            self._note_failures(error, 1)
         self._count(done, 0, 0)
+
+    def _note_failures(self, error: ConduitError, count: int) -> None:
+        """Count failures by errno for flush's one error, the first of each kept."""
+        entry = self._failures.setdefault(error.errno or 0, [0, error])
+        entry[0] += count
 
     def _count(self, done: int, stored: int, duplicates: int) -> None:
         """Count packets just settled and free their places."""
