@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Run:
     mb_per_second: float
     p50_ms: float
     p99_ms: float
+    round: int = 0  # of --repeat, from 0
 
 
 def summarize(kind: str, size: int, reports: list[dict[str, Any]]) -> Run:
@@ -263,6 +264,27 @@ def ratios(runs: list[Run], kind: str, over: str = "raw") -> dict[str, float]:
     }
 
 
+RATIOS = (("conduit", "raw"), ("batched", "raw"), ("loop", "raw"), ("loop", "batched"))
+
+
+def round_ratios(runs: list[Run]) -> dict[str, dict[str, list[float]]]:
+    """Each ratio of RATIOS, per P, in each round, lowest first: how much one run varies.
+
+    The two runs of a round ran seconds apart, so their ratio holds less of
+    the machine's drift than one of medians taken across rounds.
+    """
+    by = {(r.kind, r.producers, r.round): r.per_second for r in runs}
+    spread: dict[str, dict[str, list[float]]] = {}
+    for kind, over in RATIOS:
+        per_p = spread.setdefault(f"{kind}/{over}", {})
+        for (k, p, n), rate in sorted(by.items()):
+            if k == kind and (over, p, n) in by:
+                per_p.setdefault(str(p), []).append(round(rate / by[over, p, n], 3))
+        for values in per_p.values():
+            values.sort()
+    return spread
+
+
 def consumer_medians(consumers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per P, the consumer run of median rate."""
     by: dict[int, list[dict[str, Any]]] = {}
@@ -298,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
             first = round_ % len(KINDS)
             kinds = KINDS[first:] + KINDS[:first]
             for count in producers:
-                runs.extend(bench.run(kind, count) for kind in kinds)
+                runs.extend(replace(bench.run(kind, count), round=round_) for kind in kinds)
         bench.finish_datastore()
     except BaseException:
         cancel_all(h, bench.jobs, "conduit bench stopped")
@@ -314,6 +336,7 @@ def main(args: argparse.Namespace) -> int:
         "batched_ratio": ratios(picked, "batched"),
         "loop_ratio": ratios(picked, "loop"),
         "loop_batched_ratio": ratios(picked, "loop", over="batched"),
+        "round_ratios": round_ratios(runs),
         "consumer": consumer_medians(bench.consumers),
         "all_runs": [asdict(r) for r in runs],
     }
@@ -325,6 +348,13 @@ def main(args: argparse.Namespace) -> int:
             f"batched ({args.batch} per request)/raw = {results['batched_ratio'][p]:.2f}, "
             f"loop/batched = {results['loop_batched_ratio'][p]:.2f}"
         )
+        if repeat > 1:
+            spread = ", ".join(
+                f"{name} {values[p][0]:.2f} to {values[p][-1]:.2f}"
+                for name, values in results["round_ratios"].items()
+                if p in values
+            )
+            print(f"P={p}: ratios of one round, lowest to highest: {spread}")
     for p, c in results["consumer"].items():
         lag = c["lag_ms"]  # below 0: it read the last packet before its producer had the ack
         end = (

@@ -154,9 +154,13 @@ def encode(data: Any, what: str = "the packet") -> str:
             f"{what} is {len(text)} bytes as JSON, over the limit of {MAX_DATA}",
             errno.EMSGSIZE,
         )
-    # each level takes a bracket, so few brackets (the common case) need no walk
-    brackets = text.count("{") + text.count("[")
-    if brackets > MAX_DEPTH and (depth := nesting(data)) > MAX_DEPTH:
+    # each level takes two characters and a bracket, so a short text, or
+    # one of few brackets (the common case), needs no walk
+    if (
+        len(text) > 2 * MAX_DEPTH
+        and text.count("{") + text.count("[") > MAX_DEPTH
+        and (depth := nesting(data)) > MAX_DEPTH
+    ):
         raise ConduitError(
             f"{what} is nested {depth} levels deep, over the limit of {MAX_DEPTH}", errno.EPROTO
         )

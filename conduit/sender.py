@@ -11,11 +11,11 @@ batch and takes the answers that have come itself, with no wake-up of
 another thread per batch and no hand-over of Python's GIL (each cost a
 loop more than its packets, docs/performance.md).  The thread sends a
 partial batch once its oldest packet has waited `linger` seconds, takes
-answers once no caller has for GRACE seconds (a loop that stopped to
-compute), finds the datastore (through a second handle of its own, for
-the KVS) and fails packets past their deadline.  The caller's own
-handle, reactor and RPCs are never involved, so a plain loop and a job
-that runs its own reactor both get their packets out.
+answers once no caller has for GRACE seconds and none waits for one (a
+loop that stopped to compute), finds the datastore (through a second
+handle of its own, for the KVS) and fails packets past their deadline.
+The caller's own handle, reactor and RPCs are never involved, so a plain
+loop and a job that runs its own reactor both get their packets out.
 
 Exactly once, as for put_many: every packet carries the client's
 producer name and its own seq, and a request that fails with a
@@ -352,6 +352,7 @@ class Sender:
         self._urgent = False  # flush(): send partial batches now
         self._closing = False
         self._caller_at = -NEVER  # when a caller last took answers
+        self._callers_waiting = 0  # callers in _progress waiting for an answer: none for the thread
         self._thread_wakes_at = 0.0  # when the thread looks again unless woken
         self._to_call: list[Sent] = []  # settled, with callbacks still to call
         self._watched = False  # a callback was ever added to a pending packet
@@ -390,10 +391,7 @@ class Sender:
             # would escape every packet's data again (docs/performance.md).
             payload = f'{{"data":{JSON_STRING(text)},"producer":{self._producer},"seq":{seq}}}'
             packet = Sent(seq, payload, timeout, now, self)
-            pending = (sent := self._sent + 1) - self._settled
-            self._sent = sent
-            if pending > self._peak:
-                self._peak = pending
+            self._sent += 1
             if packet.deadline < self._next_expiry:
                 self._next_expiry = packet.deadline
             queue = self._queue
@@ -491,7 +489,7 @@ class Sender:
         with self._lock:
             stats = SenderStats(**vars(self._stats))
             stats.sent, stats.pending = self._sent, self._sent - self._settled
-            stats.peak_pending = self._peak
+            stats.peak_pending = max(self._peak, stats.pending)
             return stats
 
     def start(self, uri: str | None) -> None:
@@ -535,8 +533,16 @@ class Sender:
 
         Between tries it lets go of the lock and waits for an answer (or a
         short while, when none is in flight: the thread is finding the
-        datastore, or a retry is backing off).
+        datastore, or a retry is backing off).  While it waits for an
+        answer, the thread leaves the answers to it.
         """
+        try:
+            return self._progress_until(done, deadline)
+        finally:
+            if self._requests and self._caller_at + GRACE < self._thread_wakes_at:
+                self._wake()  # it slept on, leaving the answers to this caller
+
+    def _progress_until(self, done: Callable[[], bool], deadline: float) -> bool:
         while True:
             now = time.monotonic()
             self._pump(now, by_caller=True)
@@ -564,6 +570,7 @@ class Sender:
             if due < self._thread_wakes_at:  # the datastore to find, say
                 self._wake()
             callbacks = self._take_callbacks()
+            self._callers_waiting += watch
             self._lock.release()
             try:
                 _call_back(callbacks)
@@ -573,6 +580,7 @@ class Sender:
                     time.sleep(wait)
             finally:
                 self._lock.acquire()
+                self._callers_waiting -= watch
 
     def _lost(self) -> None:
         """Fail the packets counted as pending that nothing holds.
@@ -626,7 +634,8 @@ class Sender:
                 return False
             now = time.monotonic()
             self._thread_wakes_at = 0.0  # awake: nobody need wake it
-            quiet = now - self._caller_at >= GRACE  # no caller is taking answers
+            # no caller is taking answers: none waits for one, none took any of late
+            quiet = not self._callers_waiting and now - self._caller_at >= GRACE
             if quiet or self._due(now) <= now:
                 self._pump(now, by_caller=False)
             find = (
@@ -639,7 +648,7 @@ class Sender:
             again = find or (watch and self._handle.readable())
             if not again:
                 wakes_at = self._due(now)
-                if not quiet:
+                if not quiet and not self._callers_waiting:  # a waiting caller wakes it on leaving
                     wakes_at = min(wakes_at, self._caller_at + GRACE)
                 if self._requests:
                     wakes_at = min(wakes_at, now + TICK)
@@ -885,6 +894,8 @@ class Sender:
         """Count packets just settled and free their places."""
         if not done:
             return
+        # pending falls only here, so its peak is the most it was before a fall
+        self._peak = max(self._peak, self._sent - self._settled)
         stats = self._stats
         stats.stored += stored
         stats.duplicates += duplicates
