@@ -30,12 +30,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ import flux.job
 
 from conduit import kvsdir
 from conduit.errors import ConduitError, connect
+from conduit.jsontext import JSON, c_encoder
 from conduit.protocol import (
     DEFAULT_BATCH,
     DEFAULT_LINGER,
@@ -72,27 +72,7 @@ def how_to_start(stream: str) -> str:
     return f"submit one first: flux submit -N1 -n1 flux python -m conduit datastore{option}"
 
 
-JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # json.dumps makes one a call
-JSON_STRING = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-
-
-def _c_encoder() -> Callable[[Any, int], list[str]] | None:
-    """JSON.encode's own C encoder, made once rather than at each call.
-
-    JSON.encode makes one a call, a fifth of a send's time
-    (docs/performance.md).  None where Python has no C json.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    # markers, default, string encoder, indent, separators, sort_keys, skipkeys, allow_nan
-    encoder: Callable[[Any, int], list[str]] = make(
-        None, JSON.default, JSON_STRING, None, ":", ",", False, False, False
-    )
-    return encoder
-
-
-_C_ENCODE = _c_encoder()
+_C_ENCODE = c_encoder()
 
 _instances = itertools.count(1)
 

@@ -58,7 +58,6 @@ from flux.core.inner import ffi, lib
 
 from conduit import kvsdir
 from conduit.client import (
-    JSON_STRING,
     MAX_BACKOFF,
     REQUEST_TIMEOUT,
     Location,
@@ -67,6 +66,7 @@ from conduit.client import (
     locate,
 )
 from conduit.errors import ConduitError
+from conduit.jsontext import JSON_STRING
 from conduit.protocol import MAX_PACKETS_PER_PUT, RETRYABLE_ERRNOS
 
 if TYPE_CHECKING:
