@@ -352,7 +352,7 @@ class Sender:
         self._urgent = False  # flush(): send partial batches now
         self._closing = False
         self._caller_at = -NEVER  # when a caller last took answers
-        self._callers_waiting = 0  # callers in _progress waiting for an answer: none for the thread
+        self._callers_waiting = 0  # callers blocked in _progress on answers: the thread leaves them
         self._thread_wakes_at = 0.0  # when the thread looks again unless woken
         self._to_call: list[Sent] = []  # settled, with callbacks still to call
         self._watched = False  # a callback was ever added to a pending packet
