@@ -6,16 +6,16 @@
         handle(packet["id"], packet["data"])
 
 It reads the stream's log in the KVS (conduit/kvsdir.py), one segment at
-a time, with a KVS append watch rather than polling: it gives each commit
-as it lands.  A segment that is not the last ends with a line naming the
-next, written in the same commit as the next segment's first batch (also
-by a datastore that resumes a log), so the consumer moves on without
-reading anything twice.  Packet ids grow along the log, so `after` (the
-last id a consumer handled) is a resume point; a commit names its
-repeated packets (retried puts) first, so they are skipped without
-remembering every packet.  What it holds at once is bounded by one
-segment (SEGMENT_BYTES, passed by at most one commit), however long the
-stream.
+a time, with a KVS watch rather than polling: each commit's bytes as it
+lands, loaded raw from the content store (kvsdir.SegmentWatch).  A
+segment that is not the last ends with a line naming the next, written
+in the same commit as the next segment's first batch (also by a
+datastore that resumes a log), so the consumer moves on without reading
+anything twice.  Packet ids grow along the log, so `after` (the last id
+a consumer handled) is a resume point; a commit names its repeated
+packets (retried puts) first, so they are skipped without remembering
+every packet.  What it holds at once is bounded by one segment
+(SEGMENT_BYTES, passed by at most one commit), however long the stream.
 
 It ends when the stream's datastore has finished (its finished mark
 names the log's last id) and it has read up to that id, or, with
@@ -26,6 +26,7 @@ the datastore or the module, so a slow consumer slows nobody.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import resource
 import sys
@@ -44,6 +45,7 @@ from conduit.protocol import DEFAULT_STREAM, check_stream
 from conduit.store import TEST_ID
 
 Packet = dict[str, Any]
+ONCE = flux.constants.FLUX_REACTOR_ONCE
 
 
 class Follower:
@@ -77,7 +79,6 @@ class Follower:
         self.wait = wait
         self.follow_on = follow_on
         self.segment = 0  # the segment being read
-        self.offset = 0  # its bytes read so far
         self.partial = b""  # the start of a line whose end has not come yet
         self.lines: deque[bytes] = deque()  # complete lines not yet parsed
         self.ready: deque[Packet] = deque()  # packets of one line, not yet yielded
@@ -88,7 +89,8 @@ class Follower:
         self.seen_stream = False
         self.ended = False
         self.error: ConduitError | None = None
-        self.watches: list[Any] = []
+        self.segment_watch: kvsdir.SegmentWatch | None = None
+        self.location_watch: Any = None  # for the next run, with follow_on
         self.finished_watch: Any = None
         # counters
         self.packets = 0
@@ -120,8 +122,11 @@ class Follower:
                     return
                 else:
                     self._check_end()
-                    if not self.ended:
-                        self.h.reactor_run(flags=flux.constants.FLUX_REACTOR_ONCE)
+                    if not self.ended and self.h.reactor_run(flags=ONCE) < 0:
+                        raise ConduitError(
+                            f"stream {self.stream}: lost the connection to the Flux "
+                            "instance (did it end?)"
+                        )
         finally:
             timer.stop()
             self._stop_watches()
@@ -145,24 +150,14 @@ class Follower:
 
     # The log, a segment at a time.
     def _read_segment(self, n: int) -> None:
-        """Watch segment n's appends (the first answer: all of it so far)."""
+        """Read segment n: all of it so far, then each commit's bytes as it lands."""
         self._stop_watches(keep_finished=True)
-        self.segment, self.offset, self.partial = n, 0, b""
+        self.segment, self.partial = n, b""
         self.segments += 1
-        chunks = self.kvs.watch_segment(n)
-        chunks.then(self._on_chunk, n)
-        self.watches.append(chunks)
+        self.segment_watch = self.kvs.watch_segment(n, self._on_data, self._lost)
 
-    def _on_chunk(self, f: Any, n: int) -> None:
-        try:
-            data = f.get()
-        except OSError as exc:
-            self._lost(exc)
-            return
-        if data is None or n != self.segment:
-            return  # the watch was cancelled
+    def _on_data(self, data: bytes) -> None:
         self.seen_stream = True
-        self.offset += len(data)
         self._feed(data)
 
     # The end of a run.
@@ -202,9 +197,8 @@ class Follower:
         """After a finished run: the next one starts its log again from segment 0."""
         self._stop_watches(keep_finished=True)
         self.log_id = -1
-        location = self.kvs.watch_location()
-        location.then(self._on_next_run)
-        self.watches.append(location)
+        self.location_watch = self.kvs.watch_location()
+        self.location_watch.then(self._on_next_run)
 
     def _on_next_run(self, f: Any) -> None:
         try:
@@ -260,23 +254,21 @@ class Follower:
             )
 
     def _lost(self, exc: OSError) -> None:
-        if isinstance(exc, FileNotFoundError):
+        if exc.errno in (errno.ENOENT, errno.EINVAL):  # removed, or overwritten
             why = "its log was deleted or replaced while it was read"
         else:
             why = f"cannot read its log: {exc.strerror or exc}"
         self.error = ConduitError(f"stream {self.stream}: {why}", exc.errno)
 
     def _stop_watches(self, keep_finished: bool = False) -> None:
-        for watch in self.watches:
-            if watch.needs_cancel:
-                watch.cancel(stop=True)
-            else:
-                watch.stop()
-        self.watches = []
-        finished = self.finished_watch
-        if finished is not None and not keep_finished:
-            if finished.needs_cancel:
-                finished.cancel(stop=True)
+        if self.segment_watch is not None:
+            self.segment_watch.stop()
+            self.segment_watch = None
+        if self.location_watch is not None:
+            kvsdir.end_watch(self.location_watch)
+            self.location_watch = None
+        if self.finished_watch is not None and not keep_finished:
+            kvsdir.end_watch(self.finished_watch)
             self.finished_watch = None
 
 

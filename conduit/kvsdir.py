@@ -24,7 +24,10 @@ removes the stream: at most one log per stream name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import flux
@@ -45,8 +48,10 @@ __all__ = [
     "SEGMENT_BYTES",
     "SEGMENT_COMMITS",
     "BlobStore",
+    "BlobLoad",
     "ConduitDir",
-    "RawWatch",
+    "SegmentWatch",
+    "end_watch",
     "list_streams",
     "root",
 ]
@@ -71,17 +76,119 @@ class BlobStore(flux.future.Future):
         return f"{self.hash_name}-{bytes(ffi.buffer(data[0], size[0])).hex()}"
 
 
-class RawWatch(flux.kvs.WatchImplementation):
-    """A watch of a value that is not JSON (a log segment): get() gives bytes, None at the end."""
+class BlobLoad(flux.future.Future):
+    """A content.load request for the blob `blobref` names; data() gives its bytes."""
 
-    def watch_get(self, future: Any) -> bytes:
+    def __init__(self, h: flux.Flux, blobref: str) -> None:
+        self.flux_handle = h  # outlives the request
+        digest = bytes.fromhex(blobref.partition("-")[2])
+        future = raw.flux_rpc_raw(
+            h.handle, b"content.load", digest, len(digest), flux.constants.FLUX_NODEID_ANY, 0
+        )
+        super().__init__(future)
+
+    def data(self) -> bytes:
+        """The blob; OSError if it cannot be loaded."""
         data = ffi.new("const void *[1]")
         size = ffi.new("size_t [1]")
-        flux.kvs.RAW.flux_kvs_lookup_get_raw(future, data, size)
-        return bytes(ffi.buffer(data[0], size[0])) if size[0] else b""
+        raw.flux_rpc_get_raw(self.pimpl.handle, data, size)
+        return bytes(ffi.buffer(data[0], size[0]))
+
+
+class TreeobjWatch(flux.kvs.WatchImplementation):
+    """A watch of a key's treeobj: get() gives it as a dict, None at the end."""
+
+    def watch_get(self, future: Any) -> dict[str, Any]:
+        treeobj = ffi.new("const char *[1]")
+        flux.kvs.RAW.flux_kvs_lookup_get_treeobj(future, treeobj)
+        return json.loads(ffi.string(treeobj[0]))
 
     def watch_cancel(self, future: Any) -> None:
         flux.kvs.RAW.flux_kvs_lookup_cancel(future)
+
+
+def end_watch(watch: Any) -> None:
+    """Stop a KVS watch, and cancel it in kvs-watch if it is live (best effort: the
+    connection may be gone)."""
+    watch.stop()
+    if watch.needs_cancel:
+        watch.needs_cancel = False  # once, even if this cancel cannot be sent
+        with contextlib.suppress(OSError):
+            watch.watch_cancel(watch.pimpl)
+
+
+class SegmentWatch:
+    """A log segment as it grows: on_data(bytes) gets each commit's bytes once, in order.
+
+    It watches the segment's treeobj, a valref naming one blob a commit
+    (write_segment_async), and loads each new blob raw from the content
+    store; a treeobj that does not start with the blobs read so far is
+    another log.  A WATCH_APPEND of the key gives the same bytes base64-encoded
+    inside JSON, which kvs-watch encodes and a consumer decodes: a third
+    of a fast consumer's time (docs/performance.md).  It waits for the
+    segment to exist.  on_error(OSError) is called once if the segment
+    cannot be read: ENOENT, it was removed; EINVAL, it was replaced.
+    """
+
+    def __init__(
+        self,
+        h: flux.Flux,
+        key: str,
+        on_data: Callable[[bytes], None],
+        on_error: Callable[[OSError], None],
+    ) -> None:
+        self.h = h
+        self.key = key
+        self.on_data = on_data
+        self.on_error = on_error
+        self.blobrefs: list[str] = []  # the segment's blobs asked for so far
+        self.loads: deque[BlobLoad] = deque()  # in the segment's order
+        self.stopped = False
+        flags = (
+            flux.constants.FLUX_KVS_WATCH
+            | flux.constants.FLUX_KVS_WAITCREATE
+            | flux.constants.FLUX_KVS_TREEOBJ
+        )
+        self.watch = TreeobjWatch(flux.kvs.RAW.flux_kvs_lookup(h, NAMESPACE, flags, key))
+        self.watch.then(self._on_treeobj)
+
+    def stop(self) -> None:
+        self.stopped = True
+        end_watch(self.watch)
+        self.loads.clear()  # their answers, if any come, are dropped
+
+    def _on_treeobj(self, f: TreeobjWatch) -> None:
+        try:
+            treeobj = f.get()
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if treeobj is None or self.stopped:
+            return
+        blobrefs = treeobj.get("data") if treeobj.get("type") == "valref" else None
+        if not isinstance(blobrefs, list) or blobrefs[: len(self.blobrefs)] != self.blobrefs:
+            self._fail(OSError(errno.EINVAL, f"{self.key} was replaced while it was read"))
+            return
+        for blobref in blobrefs[len(self.blobrefs) :]:
+            load = BlobLoad(self.h, blobref)
+            load.then(self._on_load)
+            self.loads.append(load)
+        self.blobrefs = blobrefs
+
+    def _on_load(self, _: BlobLoad) -> None:
+        while self.loads and self.loads[0].is_ready() and not self.stopped:
+            load = self.loads.popleft()
+            try:
+                data = load.data()
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self.on_data(data)
+
+    def _fail(self, exc: OSError) -> None:
+        if not self.stopped:
+            self.stop()
+            self.on_error(exc)
 
 
 def root(stream: str) -> str:
@@ -199,17 +306,11 @@ class ConduitDir:
         finally:
             flux.kvs.RAW.flux_future_destroy(future)
 
-    def watch_segment(self, n: int, appended: bool = True) -> RawWatch:
-        """A watch of log segment `n` that waits for it to exist.
-
-        appended: each response is what was appended since the last (the
-        first: the whole segment); else each response is the whole segment.
-        """
-        flags = flux.constants.FLUX_KVS_WATCH | flux.constants.FLUX_KVS_WAITCREATE
-        if appended:
-            flags |= flux.constants.FLUX_KVS_WATCH_APPEND
-        key = f"{self.log_key}.{n}"
-        return RawWatch(flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, flags, key))
+    def watch_segment(
+        self, n: int, on_data: Callable[[bytes], None], on_error: Callable[[OSError], None]
+    ) -> SegmentWatch:
+        """Log segment `n`'s bytes as it grows, once it exists (SegmentWatch)."""
+        return SegmentWatch(self.h, f"{self.log_key}.{n}", on_data, on_error)
 
     def watch_finished(self) -> flux.kvs.KVSWatchFuture:
         """A watch of the finished mark that waits for it to exist."""
@@ -220,8 +321,15 @@ class ConduitDir:
     def discard_log(self) -> None:
         """Start the stream afresh: no log, no finished mark."""
         with self._txn() as txn:
-            txn.unlink(self.log_key)
+            self._unlink_log(txn)
             txn.unlink(self.finished_key)
+
+    def _unlink_log(self, txn: flux.kvs.KVSTxn) -> None:
+        # Each segment by name: kvs-watch tells a watcher of a key only of
+        # commits that name that key, not of its directory's removal.
+        for n in self.segments():
+            txn.unlink(f"{self.log_key}.{n}")
+        txn.unlink(self.log_key)
 
     # The end of a stream.
     def finished(self) -> dict[str, Any] | None:
@@ -244,7 +352,8 @@ class ConduitDir:
     def delete(self) -> None:
         """Remove the stream: its log, location, finished mark and check-ins."""
         with self._txn() as txn:
-            for key in (self.log_key, self.location_key, self.finished_key, self.computes_key):
+            self._unlink_log(txn)
+            for key in (self.location_key, self.finished_key, self.computes_key):
                 txn.unlink(key)
             if self.stream != DEFAULT_STREAM:
                 txn.unlink(self.root)

@@ -125,6 +125,41 @@ def test_a_consumer_waits_for_a_stream_then_reads_a_finished_one(
     assert packets(on.lines) == [{"id": 4, "data": {"d": 4}}]
 
 
+def test_a_consumer_of_a_stream_deleted_under_it_ends_with_one_line(
+    flux_instance: NativeInstance,
+) -> None:
+    inst = flux_instance
+    ds = start_datastore(inst, "gone", "--packets", "0", "--fresh", "--quiet", rank=1)
+    # here, not through `flux exec`, which holds a pipe's output until it has 4 KiB or ends
+    consumer = LineReader(follow(inst, "gone", "--wait", "60"), env=inst.env, cwd=REPO)
+    inst.conduit("put", "--stream", "gone", '{"a": 1}')
+    assert packets([consumer.next(time.monotonic() + 60)]) == [{"id": 1, "data": {"a": 1}}]
+    inst.flux("job", "kill", "--signal=SIGKILL", ds)  # no finished mark: the consumer waits on
+    assert inst.wait_output(ds).returncode != 0
+    wait_until(lambda: "stopped" in inst.conduit("status").stdout, 60, "the datastore gone")
+    inst.conduit("delete", "gone")
+    assert consumer.finish(60) == 1
+    assert consumer.stderr().splitlines() == [
+        "conduit follow: stream gone: its log was deleted or replaced while it was read"
+    ]
+
+
+def test_a_consumer_whose_instance_ends_says_so() -> None:
+    inst = NativeInstance.start(size=2, own=True)
+    try:
+        ds = start_datastore(inst, "x", "--packets", "0", "--quiet", rank=1)
+        consumer = LineReader(follow(inst, "x", "--wait", "60"), env=inst.env, cwd=REPO)
+        inst.conduit("put", "--stream", "x", '{"a": 1}')
+        assert packets([consumer.next(time.monotonic() + 60)]) == [{"id": 1, "data": {"a": 1}}]
+        inst.flux("job", "kill", "--signal=SIGKILL", ds)  # no finished mark: it would wait on
+    finally:
+        inst.stop()
+    assert consumer.finish(60) == 1
+    assert consumer.stderr().splitlines() == [
+        "conduit follow: stream x: lost the connection to the Flux instance (did it end?)"
+    ]
+
+
 def counters(inst: NativeInstance, stream: str, *args: str) -> dict[str, Any]:
     """Follow `stream` to its end, its lines thrown away; the consumer's --stats."""
     done = subprocess.run(
