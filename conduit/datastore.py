@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -29,11 +28,7 @@ import flux.job
 from conduit import broker_module, kvsdir, output
 from conduit.errors import ConduitError, connect
 from conduit.protocol import DEFAULT_STREAM, check_stream, service, topic
-from conduit.store import Packet, Store, duplicates_line, log_line
-
-# The module writes each batch's id range first, so that a batch this
-# datastore cannot decode can still be refused by its ids.
-BATCH_RANGE = re.compile(r'\{"first":(\d+),"last":(\d+),')
+from conduit.store import BATCH_RANGE, Packet, Store, duplicates_line, log_line
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import resource
 import sys
 import time
@@ -42,10 +43,11 @@ from conduit import kvsdir
 from conduit.errors import ConduitError, connect
 from conduit.jsontext import c_encoder
 from conduit.protocol import DEFAULT_STREAM, check_stream
-from conduit.store import TEST_ID
+from conduit.store import BATCH_RANGE, TEST_ID
 
 Packet = dict[str, Any]
 ONCE = flux.constants.FLUX_REACTOR_ONCE
+LINE_RANGE = re.compile(BATCH_RANGE.pattern.encode())
 
 
 class Follower:
@@ -219,6 +221,12 @@ class Follower:
         self.peak_buffer_bytes = max(self.peak_buffer_bytes, held)
 
     def _parse(self, line: bytes) -> None:
+        read = LINE_RANGE.match(line)
+        if read and int(read[2]) <= self.after:  # a batch read already (before `after`)
+            last = int(read[2])
+            self.log_id = max(self.log_id, last)
+            self.skip = {pid for pid in self.skip if pid > last}
+            return
         try:
             record = json.loads(line)
         except ValueError as exc:
@@ -232,7 +240,14 @@ class Follower:
         if "next" in record:  # the end of this segment
             self._read_segment(int(record["next"]))
             return
-        for packet in record["packets"]:
+        packets = record["packets"]
+        if packets and not self.skip and packets[0]["id"] > max(self.after, TEST_ID):
+            # all of them new, since ids grow along the log: the common case, in one pass
+            self.ready.extend([{"id": p["id"], "data": p["data"]} for p in packets])
+            self.after = packets[-1]["id"]
+            self.log_id = max(self.log_id, self.after)
+            return
+        for packet in packets:
             pid = packet["id"]
             self.log_id = max(self.log_id, pid)
             if pid == TEST_ID:
