@@ -144,7 +144,8 @@ def test_a_consumer_of_a_stream_deleted_under_it_ends_with_one_line(
     ]
 
 
-def test_a_consumer_whose_instance_ends_says_so() -> None:
+def test_a_consumer_whose_instance_ends_says_so(flux_instance: NativeInstance) -> None:
+    """On an instance of its own, ended under it (flux_instance: for its skip without Flux)."""
     inst = NativeInstance.start(size=2, own=True)
     try:
         ds = start_datastore(inst, "x", "--packets", "0", "--quiet", rank=1)
