@@ -225,7 +225,8 @@ class Follower:
         if read and int(read[2]) <= self.after:  # a batch read already (before `after`)
             last = int(read[2])
             self.log_id = max(self.log_id, last)
-            self.skip = {pid for pid in self.skip if pid > last}
+            if self.skip:
+                self.skip = {pid for pid in self.skip if pid > last}
             return
         try:
             record = json.loads(line)

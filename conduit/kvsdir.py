@@ -123,11 +123,11 @@ class SegmentWatch:
     It watches the segment's treeobj, a valref naming one blob a commit
     (write_segment_async), and loads each new blob raw from the content
     store; a treeobj that does not start with the blobs read so far is
-    another log.  A WATCH_APPEND of the key gives the same bytes base64-encoded
-    inside JSON, which kvs-watch encodes and a consumer decodes: a third
-    of a fast consumer's time (docs/performance.md).  It waits for the
-    segment to exist.  on_error(OSError) is called once if the segment
-    cannot be read: ENOENT, it was removed; EINVAL, it was replaced.
+    another log.  A WATCH_APPEND of the key gives the same bytes
+    base64-encoded inside JSON, which kvs-watch encodes and a consumer
+    decodes: a third of a fast consumer's time (docs/performance.md).  It
+    waits for the segment to exist.  on_error(OSError) is called once if the
+    segment cannot be read: ENOENT, it was removed; EINVAL, it was replaced.
     """
 
     def __init__(
