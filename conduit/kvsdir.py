@@ -6,15 +6,20 @@ stream has a directory of its own, ROOT: `conduit` for the default
 stream (today's keys), `conduit.streams.<name>` for a named one:
 
     ROOT.datastore          {"rank", "jobid", "host"} of the live datastore
-    ROOT.log.<segment>      the stream's log: batches as JSON lines; a segment
-                            that is not the last ends with {"next": N}
+    ROOT.log.<dir>.<n>      the stream's log, segment dir * SEGMENTS_PER_DIR + n:
+                            batches as JSON lines; a segment that is not the
+                            last ends with {"next": N}
     ROOT.finished           {"jobid", "stored", "last_id"} once a datastore finished
     ROOT.computes.<name>    one key per compute job that checked in
 
-The log is a directory of segments 0, 1, ...; each holds the batches of
-up to SEGMENT_COMMITS commits.  Appending to one ever-growing key would
-make each commit cost more than the last, and a consumer reads one
-segment at a time (conduit/follow.py).
+The log's segments 0, 1, ... each hold the batches of up to
+SEGMENT_COMMITS commits, SEGMENTS_PER_DIR of them to a directory.  A
+commit rewrites the key it changes and every directory above it, each
+directory whole, with the treeobjs of all its entries inline (a segment's
+names its blobs, about 3 KB): appending to one ever-growing key, or
+keeping every segment in one directory (1 ms a commit at 0 segments, 121
+ms at 1,000, docs/performance.md), would make each commit cost more than
+the last.  A consumer reads one segment at a time (conduit/follow.py).
 
 A finished stream's log stays, for consumers, until the next datastore
 of that stream replaces it, `--fresh` discards it, or `conduit delete`
@@ -36,7 +41,15 @@ import flux.future
 import flux.kvs
 from flux.core.inner import ffi, raw
 
-from conduit.protocol import DEFAULT_STREAM, SEGMENT_BYTES, SEGMENT_COMMITS, check_stream
+from conduit.errors import ConduitError
+from conduit.protocol import (
+    DEFAULT_STREAM,
+    SEGMENT_BYTES,
+    SEGMENT_COMMITS,
+    SEGMENTS_PER_DIR,
+    check_stream,
+    segment_path,
+)
 from conduit.store import Store, next_line
 
 NAMESPACE = "primary"
@@ -279,23 +292,42 @@ class ConduitDir:
         if closes is not None:
             line = next_line(segment)
             flux.kvs.RAW.flux_kvs_txn_put_raw(
-                txn.txn, flux.constants.FLUX_KVS_APPEND, f"{self.log_key}.{closes}", line, len(line)
+                txn.txn, flux.constants.FLUX_KVS_APPEND, self.segment_key(closes), line, len(line)
             )
         valref = json.dumps({"ver": 1, "type": "valref", "data": blobrefs})
-        flux.kvs.RAW.flux_kvs_txn_put_treeobj(txn.txn, 0, f"{self.log_key}.{segment}", valref)
+        flux.kvs.RAW.flux_kvs_txn_put_treeobj(txn.txn, 0, self.segment_key(segment), valref)
         return txn.commit_async()
 
+    def segment_key(self, n: int) -> str:
+        """The KVS key of log segment `n`."""
+        return f"{self.log_key}.{segment_path(n)}"
+
     def segments(self) -> list[int]:
-        """The log's segment numbers, in order."""
+        """The log's segment numbers, in order.
+
+        Raises:
+            ConduitError: the log is in the layout of an older conduit (its
+                segments straight under ROOT.log).
+        """
         try:
-            names = flux.kvs.get_dir(self.h, self.log_key, namespace=NAMESPACE).keys()
+            log = flux.kvs.get_dir(self.h, self.log_key, namespace=NAMESPACE)
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names)
+        old_layout, directories = log.list_all()
+        if old_layout:
+            raise ConduitError(
+                f"stream {self.stream}: the log at KVS {self.log_key} was written by an older "
+                "conduit, one segment a key; start the stream afresh with --fresh"
+            )
+        numbers = []
+        for d in directories:
+            segments = flux.kvs.get_dir(self.h, f"{self.log_key}.{d}", namespace=NAMESPACE)
+            numbers += [int(d) * SEGMENTS_PER_DIR + int(n) for n in segments.files()]
+        return sorted(numbers)
 
     def segment(self, n: int) -> bytes | None:
         """Log segment `n` as bytes, None if there is none (the log is not one JSON value)."""
-        future = flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, 0, f"{self.log_key}.{n}")
+        future = flux.kvs.RAW.flux_kvs_lookup(self.h, NAMESPACE, 0, self.segment_key(n))
         data = ffi.new("const void *[1]")
         size = ffi.new("size_t [1]")
         try:
@@ -310,7 +342,7 @@ class ConduitDir:
         self, n: int, on_data: Callable[[bytes], None], on_error: Callable[[OSError], None]
     ) -> SegmentWatch:
         """Log segment `n`'s bytes as it grows, once it exists (SegmentWatch)."""
-        return SegmentWatch(self.h, f"{self.log_key}.{n}", on_data, on_error)
+        return SegmentWatch(self.h, self.segment_key(n), on_data, on_error)
 
     def watch_finished(self) -> flux.kvs.KVSWatchFuture:
         """A watch of the finished mark that waits for it to exist."""
@@ -327,8 +359,9 @@ class ConduitDir:
     def _unlink_log(self, txn: flux.kvs.KVSTxn) -> None:
         # Each segment by name: kvs-watch tells a watcher of a key only of
         # commits that name that key, not of its directory's removal.
-        for n in self.segments():
-            txn.unlink(f"{self.log_key}.{n}")
+        with contextlib.suppress(ConduitError):  # an older layout's: removed whole
+            for n in self.segments():
+                txn.unlink(self.segment_key(n))
         txn.unlink(self.log_key)
 
     # The end of a stream.

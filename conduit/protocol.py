@@ -28,9 +28,18 @@ DEFAULT_MAX_PENDING = 4096  # packets a client's send keeps pending (unacknowled
 # once it holds this many, or this many bytes.
 SEGMENT_COMMITS = 64
 SEGMENT_BYTES = 4 * 1024 * 1024
+# Segments a directory of the log holds: a commit rewrites the directory
+# of its segment, so that directory stays small (conduit/kvsdir.py).
+SEGMENTS_PER_DIR = 16
 MODULE_ARGS = (
     "max-data=BYTES, max-depth=LEVELS, backlog-packets=N, backlog-bytes=BYTES, unacked-batches=N"
 )
+
+
+def segment_path(n: int) -> str:
+    """Where log segment `n` is under the stream's ROOT.log: "<directory>.<n in it>"."""
+    return f"{n // SEGMENTS_PER_DIR}.{n % SEGMENTS_PER_DIR}"
+
 
 # Errors after which a put may succeed if tried again: no datastore yet,
 # a datastore that went away, a full backlog, a rank that is down, no answer.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conduit.lines import LineReader
-from conduit.protocol import SEGMENT_BYTES
+from conduit.protocol import SEGMENT_BYTES, SEGMENT_COMMITS, SEGMENTS_PER_DIR, segment_path
 from conduit.testbed.native import NativeInstance
 from conduit.testbed.waiting import wait_until
 from tests.checks import REPO, module_stats, start_datastore
@@ -184,8 +184,8 @@ def test_a_consumer_of_200000_packets_holds_one_segment_at_most(
     big = counters(inst, "mem")
     assert inst.wait_output(put, timeout=300).returncode == 0
     assert inst.wait_output(ds, timeout=300).returncode == 0
-    log_bytes = sum(len(inst.flux("kvs", "get", "--raw", f"conduit.streams.mem.log.{n}").stdout)
-                    for n in range(big["segments"]))  # fmt: skip
+    log_bytes = sum(len(inst.flux("kvs", "get", "--raw", f"conduit.streams.mem.log.{where}").stdout)
+                    for where in map(segment_path, range(big["segments"])))  # fmt: skip
 
     # last_id: the last packet handed out, where a consumer restarted goes on
     assert (small["packets"], small["last_id"]) == (1000, 1000)
@@ -195,6 +195,33 @@ def test_a_consumer_of_200000_packets_holds_one_segment_at_most(
     assert big["peak_buffer_bytes"] <= 2 * SEGMENT_BYTES < log_bytes / 2
     # and the process: its peak RSS grows by far less than the log it read
     assert big["maxrss_kb"] - small["maxrss_kb"] < 32 * 1024
+
+
+def test_a_log_past_one_directory_of_segments_is_resumed_and_followed(
+    flux_instance: NativeInstance,
+) -> None:
+    inst = flux_instance
+    puts = (SEGMENTS_PER_DIR + 1) * SEGMENT_COMMITS  # one a commit: into the second directory
+    ds = start_datastore(inst, "deep", "--packets", "0", "--fresh", "--quiet", rank=1)
+    put = inst.submit("produce", "--stream", "deep", "--count", str(puts), "--batch", "1",
+                      "--in-flight", "1", rank=2)  # fmt: skip
+    assert inst.wait_output(put, timeout=300).returncode == 0
+    inst.flux("job", "kill", "--signal=SIGKILL", ds)
+    assert inst.wait_output(ds).returncode != 0
+    again = start_datastore(inst, "deep", "--packets", str(puts + 1), "--quiet", rank=2)
+    inst.conduit("put", "--stream", "deep", '{"end": true}')
+    assert inst.wait_output(again).returncode == 0
+
+    log = json.loads(inst.conduit("store", "--stream", "deep").stdout)
+    assert log["packets"] == puts + 1 and log["segments"] > SEGMENTS_PER_DIR
+    # a commit rewrites its segment's directory: none holds more than SEGMENTS_PER_DIR
+    top = inst.flux("kvs", "ls", "-1", "conduit.streams.deep.log").stdout.split()
+    sizes = [len(inst.flux("kvs", "ls", "-1", f"conduit.streams.deep.log.{d}").stdout.split())
+             for d in top]  # fmt: skip
+    assert len(top) == 2 and sum(sizes) == log["segments"] and max(sizes) == SEGMENTS_PER_DIR
+    read = counters(inst, "deep")
+    assert (read["packets"], read["last_id"]) == (puts + 1, puts + 1)
+    assert read["segments"] == log["segments"]
 
 
 def test_readme_analysis_job_follows_and_resumes(
