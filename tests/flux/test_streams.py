@@ -149,3 +149,19 @@ def test_backlog_packets_is_the_modules_limit_and_backlog_its_old_name(
     [line] = put.stderr.splitlines()
     assert "(KVS key conduit.streams.limits.datastore)" in line
     assert line.endswith("flux python -m conduit datastore --stream limits"), line
+
+
+def test_a_log_in_the_old_layout_is_refused_in_one_line(flux_instance: NativeInstance) -> None:
+    inst = flux_instance
+    inst.flux("kvs", "put", "--raw", "conduit.streams.flat.log.0=-")  # a segment straight under log
+    ds = inst.submit("datastore", "--stream", "flat", "--packets", "1", "--quiet", rank=1)
+    done = inst.wait_output(ds)
+    assert done.returncode == 1
+    assert (
+        "conduit datastore: stream flat: the log at KVS conduit.streams.flat.log was written by "
+        "an older conduit, one segment a key; start the stream afresh with --fresh"
+    ) in done.stderr.splitlines()
+    fresh = inst.submit("datastore", "--stream", "flat", "--packets", "1", "--fresh", "--quiet",
+                        rank=1)  # fmt: skip
+    inst.conduit("put", "--stream", "flat", '{"a": 1}')
+    assert inst.wait_output(fresh).returncode == 0
