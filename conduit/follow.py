@@ -62,7 +62,8 @@ class Follower:
 
     Raises (while iterating):
         ConduitError: the stream did not appear within `wait`, was deleted
-            while followed, or its log cannot be read.
+            while followed, or its log cannot be read (or is an older
+            conduit's).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Follower:
         self.last_at = 0.0
 
     def __iter__(self) -> Iterator[Packet]:
+        self.kvs.segment_dirs()  # an older conduit's log is refused now, not waited for
         self._read_segment(0)
         self._watch_finished()
         timer = self.h.timer_watcher_create(self.wait, self._on_wait_timeout)

@@ -302,8 +302,8 @@ class ConduitDir:
         """The KVS key of log segment `n`."""
         return f"{self.log_key}.{segment_path(n)}"
 
-    def segments(self) -> list[int]:
-        """The log's segment numbers, in order.
+    def segment_dirs(self) -> list[str]:
+        """The names of the log's directories of segments (none: no log).
 
         Raises:
             ConduitError: the log is in the layout of an older conduit (its
@@ -319,8 +319,12 @@ class ConduitDir:
                 f"stream {self.stream}: the log at KVS {self.log_key} was written by an older "
                 "conduit, one segment a key; start the stream afresh with --fresh"
             )
+        return directories
+
+    def segments(self) -> list[int]:
+        """The log's segment numbers, in order (raises as segment_dirs)."""
         numbers = []
-        for d in directories:
+        for d in self.segment_dirs():
             segments = flux.kvs.get_dir(self.h, f"{self.log_key}.{d}", namespace=NAMESPACE)
             numbers += [int(d) * SEGMENTS_PER_DIR + int(n) for n in segments.files()]
         return sorted(numbers)

@@ -154,13 +154,17 @@ def test_backlog_packets_is_the_modules_limit_and_backlog_its_old_name(
 def test_a_log_in_the_old_layout_is_refused_in_one_line(flux_instance: NativeInstance) -> None:
     inst = flux_instance
     inst.flux("kvs", "put", "--raw", "conduit.streams.flat.log.0=-")  # a segment straight under log
+    refusal = (
+        "stream flat: the log at KVS conduit.streams.flat.log was written by "
+        "an older conduit, one segment a key; start the stream afresh with --fresh"
+    )
     ds = inst.submit("datastore", "--stream", "flat", "--packets", "1", "--quiet", rank=1)
     done = inst.wait_output(ds)
     assert done.returncode == 1
-    assert (
-        "conduit datastore: stream flat: the log at KVS conduit.streams.flat.log was written by "
-        "an older conduit, one segment a key; start the stream afresh with --fresh"
-    ) in done.stderr.splitlines()
+    assert f"conduit datastore: {refusal}" in done.stderr.splitlines()
+    # a consumer is told so at once, rather than waiting for a segment that never comes
+    follow = inst.conduit("follow", "flat", "--wait", "60", check=False, timeout=30)
+    assert (follow.returncode, follow.stderr.strip()) == (1, f"conduit follow: {refusal}")
     fresh = inst.submit("datastore", "--stream", "flat", "--packets", "1", "--fresh", "--quiet",
                         rank=1)  # fmt: skip
     inst.conduit("put", "--stream", "flat", '{"a": 1}')
