@@ -105,7 +105,7 @@ class Datastore:
             flags=flux.constants.FLUX_RPC_STREAMING,
         )
         attach.then(self.on_batch)
-        self.kvs.publish_location(self.rank, self.jobid, socket.gethostname())
+        self.kvs.publish_location(self.rank, self.jobid, socket.gethostname(), self.store.count)
         output.say(output.INITIALIZED)
         output.say(output.RUNNING)
         self.printer.start()

@@ -5,7 +5,7 @@ default to its job namespace, so every call names the namespace).  Each
 stream has a directory of its own, ROOT: `conduit` for the default
 stream (today's keys), `conduit.streams.<name>` for a named one:
 
-    ROOT.datastore          {"rank", "jobid", "host"} of the live datastore
+    ROOT.datastore          {"rank", "jobid", "host", "resumed"} of the live datastore
     ROOT.log.<dir>.<n>      the stream's log, segment dir * SEGMENTS_PER_DIR + n:
                             batches as JSON lines; a segment that is not the
                             last ends with {"next": N}
@@ -245,7 +245,7 @@ class ConduitDir:
 
     # Where the datastore is.
     def location(self) -> dict[str, Any] | None:
-        """The published {"rank", "jobid", "host"} of the datastore, if any."""
+        """The published {"rank", "jobid", "host", "resumed"} of the datastore, if any."""
         return self._get_dict(self.location_key)
 
     def watch_location(self) -> flux.kvs.KVSWatchFuture:
@@ -254,9 +254,11 @@ class ConduitDir:
             self.h, self.location_key, namespace=NAMESPACE, waitcreate=True, uniq=True
         )
 
-    def publish_location(self, rank: int, jobid: int, host: str) -> None:
+    def publish_location(self, rank: int, jobid: int, host: str, resumed: int) -> None:
+        """Where the stream's datastore runs, and how many packets it resumed from the log."""
+        location = {"rank": rank, "jobid": jobid, "host": host, "resumed": resumed}
         with self._txn() as txn:
-            txn.put(self.location_key, {"rank": rank, "jobid": jobid, "host": host})
+            txn.put(self.location_key, location)
 
     # The stream's log.
     def load_log(self) -> tuple[Store, list[int]]:

@@ -50,9 +50,9 @@ def row(s: dict[str, Any]) -> list[str]:
     where = s.get("datastore") or s.get("finished") or {}
     stats = s.get("stats")
     if stats:
-        stored, held, queued, refused = (
-            str(stats[k]) for k in ("stored", "held", "queued", "rejected")
-        )
+        # the module counts what it stored; a resumed stream held some already
+        stored = str(stats["stored"] + s["datastore"].get("resumed", 0))
+        held, queued, refused = (str(stats[k]) for k in ("held", "queued", "rejected"))
     else:
         stored = str(s["finished"]["stored"]) if "finished" in s else "-"
         held = queued = refused = "-"

@@ -58,6 +58,7 @@ def test_two_streams_each_keep_their_own_and_one_restarts_alone(
     restarted = inst.submit("datastore", "--stream", "alpha", "--packets", "0", "--quiet", rank=0)
     reports = {s: [report(p) for p in ps] for s, ps in procs.items()}
     stores = {s: stored(inst, s) for s in procs}
+    table = {line.split()[0]: line.split() for line in inst.conduit("status").stdout.splitlines()}
     inst.flux("cancel", restarted, beta)
     resumed = inst.wait_output(restarted).stdout
     assert "Resumed " in resumed and "conduit.streams.alpha.log" in resumed, resumed
@@ -66,6 +67,8 @@ def test_two_streams_each_keep_their_own_and_one_restarts_alone(
         want = {f"{r['producer']}-{seq}" for r in rs for seq in range(1, 3001)}
         assert set(stores[stream]["store"]) == want, stream
         assert stores[stream]["packets"] == 6000
+    # a resumed stream's STORED counts the packets it resumed, as its store does
+    assert (table["alpha"][1], table["alpha"][5]) == ("running", "6000")
     # alpha's producers had to resend; beta's were never refused
     assert sum(r["retries"] for r in reports["alpha"]) > 0
     assert sum(r["retries"] for r in reports["beta"]) == 0
