@@ -50,7 +50,7 @@ def row(s: dict[str, Any]) -> list[str]:
     where = s.get("datastore") or s.get("finished") or {}
     stats = s.get("stats")
     if stats:
-        # the module counts what it stored; a resumed stream held some already
+        # the module counts what it stored itself; a resumed stream had some stored already
         stored = str(stats["stored"] + s["datastore"].get("resumed", 0))
         held, queued, refused = (str(stats[k]) for k in ("held", "queued", "rejected"))
     else:
